@@ -1,0 +1,55 @@
+# sdstack — the two commands are `make up` and `make test`; everything else is theirs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DATA_DIR := $(or $(SDSTACK_DATA_DIR),.data)
+TOKENIZER := $(DATA_DIR)/clip/tokenizer/vocab.json
+
+.PHONY: up test install install-dev lint format protos clean
+
+up: install  ## start the object store, the three services and the gateway
+	$(PY) -m sdstack.cli up
+
+test: install-dev  ## install what tests need and run lint and the whole suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+install: $(VENV)/.installed $(TOKENIZER)
+
+install-dev: install $(VENV)/.installed-dev
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: the CPU build here, the CUDA build on GPU machines. Every later
+# requirement accepts 2.13.0, so nothing replaces it.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $@
+
+# The real CLIP vocabulary (SPEC §10), fetched once at install time, never at run time.
+$(TOKENIZER): | $(VENV)/.installed
+	$(PY) -m services.generator.clip_tokenizer $(DATA_DIR)/clip
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+protos: install-dev  ## regenerate services/common/proto from protos/
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

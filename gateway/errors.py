@@ -1,0 +1,76 @@
+"""HTTP errors as JSON `{error: {code, message, details}}`, mapped from gRPC status codes."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.errors import SdstackError
+from services.common.request_context import current_request_id
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def error_body(code: str, message: str, details: list[dict] | None = None) -> dict:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details or [],
+            "request_id": current_request_id(),
+        }
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SdstackError)
+    async def _domain(_request: Request, error: SdstackError) -> JSONResponse:
+        status = HTTP_STATUS.get(error.status, 500)
+        details = [{"field": v.field, "rule": v.rule} for v in error.violations]
+        headers = {}
+        if error.retry_after_seconds is not None:
+            headers["Retry-After"] = str(max(1, round(error.retry_after_seconds)))
+        if status >= 500 and status not in (501, 503, 504):
+            log.error("backend error: %s", error.message)
+        return JSONResponse(error_body(error.reason, error.message, details), status, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "rule": e["msg"]}
+            for e in error.errors()
+        ]
+        message = "; ".join(f"{d['field']}: {d['rule']}" for d in details)
+        return JSONResponse(error_body("INVALID_ARGUMENT", message, details), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        return JSONResponse(error_body(code, str(error.detail)), error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        message = f"internal error (request id {current_request_id()})"
+        return JSONResponse(error_body("INTERNAL", message), 500)

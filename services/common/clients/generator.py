@@ -1,0 +1,95 @@
+"""Typed client of the Generator service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from services.common.clients.channel import ServiceClient, to_domain_error
+from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+class GeneratorClient(ServiceClient):
+    SERVICE = "sdstack.v1.Generator"
+    IDEMPOTENT_METHODS = (
+        "WatchGeneration",
+        "Cancel",
+        "ListModels",
+        "RefreshModels",
+        "DeleteModel",
+        "ListSamplers",
+        "ListUpscalers",
+    )
+
+    def __init__(self, target: str, *, timeout: float = 30.0) -> None:
+        super().__init__(target, timeout=timeout)
+        self.stub = generator_pb2_grpc.GeneratorStub(self.channel)
+
+    def generate(
+        self, request: generator_pb2.GenerateRequest, *, timeout: float = 600.0
+    ) -> Iterator[generator_pb2.GenerateEvent]:
+        """Streams the job's events; cancelling the iterator cancels the job."""
+        stream = self.stub.Generate(request, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise to_domain_error(error) from None
+        finally:
+            stream.cancel()
+
+    def generate_images(
+        self, request: generator_pb2.GenerateRequest, *, timeout: float = 600.0
+    ) -> list[common_pb2.GeneratedImage]:
+        """Runs a job to the end and returns its images."""
+        for event in self.generate(request, timeout=timeout):
+            if event.HasField("result"):
+                return list(event.result.images)
+        return []
+
+    def cancel(self, request_id: str) -> bool:
+        reply = self._call(self.stub.Cancel, generator_pb2.CancelRequest(request_id=request_id))
+        return reply.cancelled
+
+    def list_models(
+        self, kind: common_pb2.ModelKind = common_pb2.MODEL_KIND_UNSPECIFIED
+    ) -> generator_pb2.ListModelsResponse:
+        return self._call(self.stub.ListModels, generator_pb2.ListModelsRequest(kind=kind))
+
+    def refresh_models(
+        self, kind: common_pb2.ModelKind = common_pb2.MODEL_KIND_UNSPECIFIED
+    ) -> generator_pb2.ListModelsResponse:
+        return self._call(self.stub.RefreshModels, generator_pb2.ListModelsRequest(kind=kind))
+
+    def list_samplers(self) -> list[common_pb2.SamplerInfo]:
+        reply = self._call(self.stub.ListSamplers, generator_pb2.ListSamplersRequest())
+        return list(reply.samplers)
+
+    def import_model(
+        self,
+        path: Path,
+        *,
+        name: str,
+        kind: common_pb2.ModelKind,
+        file_format: str,
+        overwrite: bool = False,
+        on_chunk: Callable[[int], object] | None = None,
+        timeout: float = 3600.0,
+    ) -> common_pb2.ModelInfo:
+        """Uploads a local model file in chunks; `on_chunk(n)` follows the progress."""
+        header = generator_pb2.ImportModelHeader(
+            name=name, kind=kind, format=file_format, overwrite=overwrite
+        )
+
+        def parts() -> Iterator[generator_pb2.ImportModelRequest]:
+            yield generator_pb2.ImportModelRequest(header=header)
+            with path.open("rb") as file:
+                while chunk := file.read(UPLOAD_CHUNK_BYTES):
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
+                    yield generator_pb2.ImportModelRequest(chunk=common_pb2.FileChunk(data=chunk))
+
+        return self._call(self.stub.ImportModel, parts(), timeout)

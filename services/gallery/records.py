@@ -1,0 +1,786 @@
+"""Gallery records in SQL: images, their tags, LoRAs, boards and lineage.
+
+SQLite in the data directory by default, PostgreSQL when the URL says so. Every read and
+write is scoped by owner, and an image of another owner is reported exactly like a missing
+one, so ids leak nothing. The repositories return frozen dataclasses, never ORM objects:
+callers never hold a session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Select,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+
+MAX_LIMIT = 200
+MAX_OWNER_LENGTH = 255
+MAX_TAG_LENGTH = 100
+MAX_TAGS = 100
+MAX_SEARCH_LENGTH = 1000
+MAX_BOARD_NAME_LENGTH = 200
+MAX_LINEAGE_DEPTH = 100
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no time zones: values are stored as naive UTC (fixed-width text, so they sort
+    correctly) and come back aware. Naive inputs are taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ImageModel(Base):
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    # Indexed by ix_images_owner_created_id, whose leading column it is.
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=_utcnow)
+    request_id: Mapped[str] = mapped_column(String(128), default="")
+    object_key: Mapped[str] = mapped_column(String(1024))
+    thumbnail_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    sampler: Mapped[str] = mapped_column(String(128), default="")
+    steps: Mapped[int] = mapped_column(Integer)
+    cfg_scale: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(255), default="", index=True)
+    model_hash: Mapped[str] = mapped_column(String(64), default="")
+    vae_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("images.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    favourite: Mapped[bool] = mapped_column(Boolean, default=False)
+    infotext: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_images_owner_created_id", "owner", created_at.desc(), id.desc()),)
+
+
+class TagModel(Base):
+    __tablename__ = "tags"
+
+    image_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(MAX_TAG_LENGTH), primary_key=True, index=True)
+
+
+class ImageLoraModel(Base):
+    """One row per LoRA an image used: the `lora` filter as an indexed join, on any backend.
+
+    `images.loras` stays the source of truth (weights, hashes); this table mirrors the names.
+    """
+
+    __tablename__ = "image_loras"
+
+    image_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
+class BoardModel(Base):
+    __tablename__ = "boards"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER_LENGTH), index=True)
+    name: Mapped[str] = mapped_column(String(MAX_BOARD_NAME_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)
+
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_boards_owner_name"),)
+
+
+class BoardImageModel(Base):
+    __tablename__ = "board_images"
+
+    board_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("boards.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+def create_engine_for(url: str) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout on each connection."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_pragmas(wal=not in_memory))
+    return engine
+
+
+def _sqlite_pragmas(*, wal: bool) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that are missing (idempotent)."""
+    Base.metadata.create_all(engine)
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class LoraUse:
+    """A LoRA applied to an image: name, U-Net weight and A1111 short hash."""
+
+    name: str
+    weight: float = 1.0
+    hash: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "hash": self.hash}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> LoraUse:
+        return cls(str(value["name"]), float(value.get("weight", 1.0)), str(value.get("hash", "")))
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """What a new record is made of; `id` and `created_at` are filled in when left out."""
+
+    owner: str
+    object_key: str
+    width: int
+    height: int
+    seed: int
+    steps: int
+    cfg_scale: float
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler: str = ""
+    model_name: str = ""
+    model_hash: str = ""
+    vae_name: str | None = None
+    loras: Sequence[LoraUse | Mapping[str, Any]] = ()
+    request_id: str = ""
+    sha256: str = ""
+    thumbnail_key: str | None = None
+    parent_id: str | None = None
+    favourite: bool = False
+    infotext: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+    id: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: str
+    owner: str
+    created_at: datetime
+    request_id: str
+    object_key: str
+    thumbnail_key: str | None
+    sha256: str
+    width: int
+    height: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    sampler: str
+    steps: int
+    cfg_scale: float
+    model_name: str
+    model_hash: str
+    vae_name: str | None
+    loras: tuple[LoraUse, ...]
+    parent_id: str | None
+    favourite: bool
+    infotext: str
+    params: dict[str, Any]
+    tags: tuple[str, ...] = ()
+    board_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Page:
+    items: tuple[ImageRow, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    id: str
+    owner: str
+    name: str
+    created_at: datetime
+    image_count: int = 0
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_owner(owner: str) -> str:
+    if not owner or not owner.strip():
+        raise InvalidArgument("owner", "must not be empty")
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise InvalidArgument("owner", f"must be at most {MAX_OWNER_LENGTH} characters")
+    return owner
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument("limit", f"must be between 1 and {MAX_LIMIT}")
+    return limit
+
+
+def _clean_tags(tags: Iterable[str]) -> list[str]:
+    """Tags stripped and de-duplicated (first spelling kept), each 1..100 characters."""
+    cleaned: dict[str, None] = {}
+    for tag in tags:
+        text = tag.strip()
+        if not text:
+            raise InvalidArgument("tags", "must not contain empty tags")
+        if len(text) > MAX_TAG_LENGTH:
+            raise InvalidArgument("tags", f"each tag must be at most {MAX_TAG_LENGTH} characters")
+        cleaned.setdefault(text, None)
+    if len(cleaned) > MAX_TAGS:
+        raise InvalidArgument("tags", f"must be at most {MAX_TAGS} tags")
+    return list(cleaned)
+
+
+def _like_pattern(search: str) -> str:
+    """`%search%` with LIKE's wildcards escaped, so `50%` and `a_b` match only themselves."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+def encode_cursor(created_at: datetime, image_id: str) -> str:
+    """Opaque position after (`created_at`, `image_id`) in newest-first order."""
+    text = f"{created_at.astimezone(UTC).isoformat()}|{image_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, image_id = raw.split("|")
+        created_at = datetime.fromisoformat(stamp)
+        int(image_id, 16)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise InvalidArgument("cursor", "is not a cursor this service returned") from error
+    if created_at.tzinfo is None or len(image_id) != 32:
+        raise InvalidArgument("cursor", "is not a cursor this service returned")
+    return created_at.astimezone(UTC), image_id
+
+
+# --------------------------------------------------------------------------- repository
+
+
+def _sessions(source: Engine | sessionmaker[Session]) -> sessionmaker[Session]:
+    if isinstance(source, Engine):
+        return sessionmaker(source, expire_on_commit=False)
+    return source
+
+
+def _lora_json(lora: LoraUse | Mapping[str, Any]) -> dict[str, Any]:
+    use = lora if isinstance(lora, LoraUse) else LoraUse.from_json(lora)
+    if not use.name:
+        raise InvalidArgument("loras.name", "must not be empty")
+    return use.to_json()
+
+
+class ImageRecords:
+    """Image records of every owner; each method acts only on the given owner's images."""
+
+    def __init__(self, source: Engine | sessionmaker[Session]) -> None:
+        self._sessions = _sessions(source)
+
+    # -- writes
+
+    def add(self, record: NewImage) -> ImageRow:
+        """Store a new record; `parent_id` must name an image of the same owner."""
+        owner = _check_owner(record.owner)
+        tags = _clean_tags(record.tags)
+        loras = [_lora_json(lora) for lora in record.loras]
+        with self._sessions.begin() as session:
+            if record.parent_id is not None:
+                _find_image(session, owner, record.parent_id)
+            model = _model_from(record, loras)
+            session.add(model)
+            session.flush()
+            session.add_all(TagModel(image_id=model.id, tag=tag) for tag in tags)
+            names = dict.fromkeys(lora["name"] for lora in loras)
+            session.add_all(ImageLoraModel(image_id=model.id, name=name) for name in names)
+            session.flush()
+            return _rows(session, [model])[0]
+
+    def delete(self, owner: str, image_id: str) -> ImageRow:
+        """Remove a record with its tags, LoRA names and board entries; children keep living
+        with `parent_id` NULL. Returns the record so the caller can remove its objects.
+
+        Dependent rows are removed here as well as by the foreign keys, so an engine made
+        without SQLite's `foreign_keys` pragma leaves nothing behind either."""
+        with self._sessions.begin() as session:
+            model = _find_image(session, _check_owner(owner), image_id)
+            row = _rows(session, [model])[0]
+            session.execute(
+                update(ImageModel).where(ImageModel.parent_id == image_id).values(parent_id=None)
+            )
+            for table in (TagModel, ImageLoraModel, BoardImageModel):
+                session.execute(delete(table).where(table.image_id == image_id))
+            session.execute(delete(ImageModel).where(ImageModel.id == image_id))
+            return row
+
+    def set_favourite(self, owner: str, image_id: str, favourite: bool) -> ImageRow:
+        return self._update(owner, image_id, favourite=bool(favourite))
+
+    def set_thumbnail_key(self, owner: str, image_id: str, thumbnail_key: str | None) -> ImageRow:
+        return self._update(owner, image_id, thumbnail_key=thumbnail_key)
+
+    def set_tags(self, owner: str, image_id: str, tags: Iterable[str]) -> ImageRow:
+        """Replace the image's tags with `tags`."""
+        cleaned = _clean_tags(tags)
+        with self._sessions.begin() as session:
+            model = _find_image(session, _check_owner(owner), image_id)
+            session.execute(delete(TagModel).where(TagModel.image_id == model.id))
+            session.add_all(TagModel(image_id=model.id, tag=tag) for tag in cleaned)
+            session.flush()
+            return _rows(session, [model])[0]
+
+    # -- reads
+
+    def get(self, owner: str, image_id: str) -> ImageRow:
+        with self._sessions() as session:
+            model = _find_image(session, _check_owner(owner), image_id)
+            return _rows(session, [model])[0]
+
+    def list(
+        self,
+        owner: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        model: str | None = None,
+        lora: str | None = None,
+        tag: str | None = None,
+        favourite: bool | None = None,
+        board_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+    ) -> Page:
+        """Newest first. `created_after` is inclusive, `created_before` exclusive; `model`
+        matches the checkpoint's name or hash; `search` is a case-insensitive substring of
+        the prompt. Unknown filter values simply match nothing."""
+        owner = _check_owner(owner)
+        limit = _check_limit(limit)
+        if search is not None and len(search) > MAX_SEARCH_LENGTH:
+            raise InvalidArgument("search", f"must be at most {MAX_SEARCH_LENGTH} characters")
+        position = decode_cursor(cursor) if cursor else None
+        query = select(ImageModel).where(ImageModel.owner == owner)
+        with self._sessions() as session:
+            if board_id is not None:
+                _find_board(session, owner, board_id)
+            query = _filtered(
+                query,
+                model=model,
+                lora=lora,
+                tag=tag,
+                favourite=favourite,
+                board_id=board_id,
+                created_after=created_after,
+                created_before=created_before,
+                search=search,
+            )
+            models = list(session.scalars(_page_query(query, position, limit)))
+            rows = _rows(session, models[:limit])
+        more = len(models) > limit
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+        return Page(tuple(rows), next_cursor)
+
+    def lineage(
+        self, owner: str, image_id: str
+    ) -> tuple[tuple[ImageRow, ...], tuple[ImageRow, ...]]:
+        """(ancestors nearest first, descendants breadth-first) of an image, each bounded
+        to 100 generations."""
+        owner = _check_owner(owner)
+        with self._sessions() as session:
+            start = _find_image(session, owner, image_id)
+            ancestors = _ancestors(session, owner, start)
+            descendants = _descendants(session, owner, start)
+            return tuple(_rows(session, ancestors)), tuple(_rows(session, descendants))
+
+    # -- helpers
+
+    def _update(self, owner: str, image_id: str, **values: Any) -> ImageRow:
+        with self._sessions.begin() as session:
+            model = _find_image(session, _check_owner(owner), image_id)
+            for name, value in values.items():
+                setattr(model, name, value)
+            session.flush()
+            return _rows(session, [model])[0]
+
+
+def _ancestors(session: Session, owner: str, start: ImageModel) -> list[ImageModel]:
+    found: list[ImageModel] = []
+    seen = {start.id}
+    parent_id = start.parent_id
+    while parent_id is not None and parent_id not in seen and len(found) < MAX_LINEAGE_DEPTH:
+        parent = session.scalar(
+            select(ImageModel).where(ImageModel.id == parent_id, ImageModel.owner == owner)
+        )
+        if parent is None:
+            break
+        found.append(parent)
+        seen.add(parent.id)
+        parent_id = parent.parent_id
+    return found
+
+
+def _descendants(session: Session, owner: str, start: ImageModel) -> list[ImageModel]:
+    found: list[ImageModel] = []
+    seen = {start.id}
+    level = [start.id]
+    for _ in range(MAX_LINEAGE_DEPTH):
+        if not level:
+            break
+        children = [
+            child
+            for child in session.scalars(
+                select(ImageModel)
+                .where(ImageModel.parent_id.in_(level), ImageModel.owner == owner)
+                .order_by(ImageModel.created_at, ImageModel.id)
+            )
+            if child.id not in seen
+        ]
+        seen.update(child.id for child in children)
+        found.extend(children)
+        level = [child.id for child in children]
+    return found
+
+
+def _rows(session: Session, models: Sequence[ImageModel]) -> list[ImageRow]:
+    """Rows with their tags and boards, loaded in two queries for the whole batch."""
+    ids = [model.id for model in models]
+    tags: dict[str, list[str]] = {}
+    boards: dict[str, list[str]] = {}
+    if ids:
+        for image_id, tag in session.execute(
+            select(TagModel.image_id, TagModel.tag)
+            .where(TagModel.image_id.in_(ids))
+            .order_by(TagModel.tag)
+        ):
+            tags.setdefault(image_id, []).append(tag)
+        for image_id, board_id in session.execute(
+            select(BoardImageModel.image_id, BoardImageModel.board_id)
+            .where(BoardImageModel.image_id.in_(ids))
+            .order_by(BoardImageModel.board_id)
+        ):
+            boards.setdefault(image_id, []).append(board_id)
+    return [
+        _row_from(model, tuple(tags.get(model.id, ())), tuple(boards.get(model.id, ())))
+        for model in models
+    ]
+
+
+def _find_image(session: Session, owner: str, image_id: str) -> ImageModel:
+    """The owner's image; another owner's id is NotFound exactly like a missing one."""
+    model = session.scalar(
+        select(ImageModel).where(ImageModel.id == image_id, ImageModel.owner == owner)
+    )
+    if model is None:
+        raise NotFound("image", image_id)
+    return model
+
+
+def _find_board(session: Session, owner: str, board_id: str) -> BoardModel:
+    board = session.scalar(
+        select(BoardModel).where(BoardModel.id == board_id, BoardModel.owner == owner)
+    )
+    if board is None:
+        raise NotFound("board", board_id)
+    return board
+
+
+def _filtered(
+    query: Select[ImageModel],
+    *,
+    model: str | None,
+    lora: str | None,
+    tag: str | None,
+    favourite: bool | None,
+    board_id: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    search: str | None,
+) -> Select[ImageModel]:
+    if model:
+        query = query.where(or_(ImageModel.model_name == model, ImageModel.model_hash == model))
+    if lora:
+        query = query.where(
+            exists().where(ImageLoraModel.image_id == ImageModel.id, ImageLoraModel.name == lora)
+        )
+    if tag:
+        query = query.where(
+            exists().where(TagModel.image_id == ImageModel.id, TagModel.tag == tag.strip())
+        )
+    if favourite is not None:
+        query = query.where(ImageModel.favourite == favourite)
+    if board_id is not None:
+        query = query.where(
+            exists().where(
+                BoardImageModel.image_id == ImageModel.id, BoardImageModel.board_id == board_id
+            )
+        )
+    if created_after is not None:
+        query = query.where(ImageModel.created_at >= created_after)
+    if created_before is not None:
+        query = query.where(ImageModel.created_at < created_before)
+    if search and search.strip():
+        query = query.where(ImageModel.prompt.ilike(_like_pattern(search.strip()), escape="\\"))
+    return query
+
+
+def _page_query(
+    query: Select[ImageModel], position: tuple[datetime, str] | None, limit: int
+) -> Select[ImageModel]:
+    """Keyset pagination on (created_at desc, id desc): one extra row tells if more follow."""
+    if position is not None:
+        created_at, image_id = position
+        query = query.where(
+            or_(
+                ImageModel.created_at < created_at,
+                and_(ImageModel.created_at == created_at, ImageModel.id < image_id),
+            )
+        )
+    return query.order_by(ImageModel.created_at.desc(), ImageModel.id.desc()).limit(limit + 1)
+
+
+def _model_from(record: NewImage, loras: list[dict[str, Any]]) -> ImageModel:
+    return ImageModel(
+        id=record.id or _new_id(),
+        owner=record.owner,
+        created_at=record.created_at or _utcnow(),
+        request_id=record.request_id,
+        object_key=record.object_key,
+        thumbnail_key=record.thumbnail_key,
+        sha256=record.sha256,
+        width=record.width,
+        height=record.height,
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        seed=record.seed,
+        sampler=record.sampler,
+        steps=record.steps,
+        cfg_scale=record.cfg_scale,
+        model_name=record.model_name,
+        model_hash=record.model_hash,
+        vae_name=record.vae_name,
+        loras=loras,
+        parent_id=record.parent_id,
+        favourite=record.favourite,
+        infotext=record.infotext,
+        params=dict(record.params),
+    )
+
+
+def _row_from(model: ImageModel, tags: tuple[str, ...], board_ids: tuple[str, ...]) -> ImageRow:
+    return ImageRow(
+        id=model.id,
+        owner=model.owner,
+        created_at=model.created_at,
+        request_id=model.request_id,
+        object_key=model.object_key,
+        thumbnail_key=model.thumbnail_key,
+        sha256=model.sha256,
+        width=model.width,
+        height=model.height,
+        prompt=model.prompt,
+        negative_prompt=model.negative_prompt,
+        seed=model.seed,
+        sampler=model.sampler,
+        steps=model.steps,
+        cfg_scale=model.cfg_scale,
+        model_name=model.model_name,
+        model_hash=model.model_hash,
+        vae_name=model.vae_name,
+        loras=tuple(LoraUse.from_json(lora) for lora in model.loras or ()),
+        parent_id=model.parent_id,
+        favourite=model.favourite,
+        infotext=model.infotext,
+        params=dict(model.params or {}),
+        tags=tags,
+        board_ids=board_ids,
+    )
+
+
+class BoardRecords:
+    """Boards: named collections of one owner's images."""
+
+    def __init__(self, source: Engine | sessionmaker[Session]) -> None:
+        self._sessions = _sessions(source)
+
+    def create(self, owner: str, name: str) -> BoardRow:
+        owner = _check_owner(owner)
+        name = _check_board_name(name)
+        with self._sessions.begin() as session:
+            taken = session.scalar(
+                select(BoardModel.id).where(BoardModel.owner == owner, BoardModel.name == name)
+            )
+            if taken is not None:
+                raise AlreadyExists(f"board already exists: {name}")
+            board = BoardModel(id=_new_id(), owner=owner, name=name, created_at=_utcnow())
+            session.add(board)
+            session.flush()
+            return _board_row(board, 0)
+
+    def list(self, owner: str) -> tuple[BoardRow, ...]:
+        """The owner's boards by name, with how many images each holds."""
+        owner = _check_owner(owner)
+        with self._sessions() as session:
+            boards = list(
+                session.scalars(
+                    select(BoardModel).where(BoardModel.owner == owner).order_by(BoardModel.name)
+                )
+            )
+            counts = _board_counts(session, [board.id for board in boards])
+            return tuple(_board_row(board, counts.get(board.id, 0)) for board in boards)
+
+    def delete(self, owner: str, board_id: str) -> BoardRow:
+        """Remove a board; its images stay in the gallery."""
+        with self._sessions.begin() as session:
+            board = _find_board(session, _check_owner(owner), board_id)
+            row = _board_row(board, _board_counts(session, [board.id]).get(board.id, 0))
+            session.execute(delete(BoardModel).where(BoardModel.id == board.id))
+            return row
+
+    def add_image(self, owner: str, board_id: str, image_id: str) -> None:
+        """Put an image on a board (idempotent); both must be the owner's."""
+        with self._sessions.begin() as session:
+            owner = _check_owner(owner)
+            _find_board(session, owner, board_id)
+            _find_image(session, owner, image_id)
+            present = session.get(BoardImageModel, (board_id, image_id))
+            if present is None:
+                session.add(BoardImageModel(board_id=board_id, image_id=image_id))
+
+    def remove_image(self, owner: str, board_id: str, image_id: str) -> None:
+        with self._sessions.begin() as session:
+            owner = _check_owner(owner)
+            _find_board(session, owner, board_id)
+            _find_image(session, owner, image_id)
+            session.execute(
+                delete(BoardImageModel).where(
+                    BoardImageModel.board_id == board_id, BoardImageModel.image_id == image_id
+                )
+            )
+
+
+def _check_board_name(name: str) -> str:
+    text = name.strip()
+    if not text:
+        raise InvalidArgument("name", "must not be empty")
+    if len(text) > MAX_BOARD_NAME_LENGTH:
+        raise InvalidArgument("name", f"must be at most {MAX_BOARD_NAME_LENGTH} characters")
+    return text
+
+
+def _board_counts(session: Session, board_ids: Sequence[str]) -> dict[str, int]:
+    if not board_ids:
+        return {}
+    rows = session.execute(
+        select(BoardImageModel.board_id, func.count())
+        .where(BoardImageModel.board_id.in_(board_ids))
+        .group_by(BoardImageModel.board_id)
+    )
+    return {board_id: count for board_id, count in rows}
+
+
+def _board_row(board: BoardModel, image_count: int) -> BoardRow:
+    return BoardRow(board.id, board.owner, board.name, board.created_at, image_count)

@@ -1,0 +1,167 @@
+"""The models the store holds: checkpoints, VAEs, upscalers, taggers (bucket `models`)
+and LoRAs (bucket `loras`). The generator is the one writer of both buckets.
+
+Object keys: `checkpoints/<name>.<ext>`, `vae/<name>.<ext>`, `upscalers/<name>.<ext>`,
+`taggers/<name>.<ext>` in `models`; `<name>.safetensors` in `loras`.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET, ObjectStore
+from services.common.proto.sdstack.v1 import common_pb2
+
+Kind = int  # a common_pb2.ModelKind value
+
+_PLACES: dict[Kind, tuple[str, str]] = {
+    common_pb2.MODEL_KIND_CHECKPOINT: (MODELS_BUCKET, "checkpoints/"),
+    common_pb2.MODEL_KIND_VAE: (MODELS_BUCKET, "vae/"),
+    common_pb2.MODEL_KIND_UPSCALER: (MODELS_BUCKET, "upscalers/"),
+    common_pb2.MODEL_KIND_TAGGER: (MODELS_BUCKET, "taggers/"),
+    common_pb2.MODEL_KIND_LORA: (LORAS_BUCKET, ""),
+}
+FORMATS: dict[Kind, frozenset[str]] = {
+    common_pb2.MODEL_KIND_CHECKPOINT: frozenset({"safetensors", "ckpt"}),
+    common_pb2.MODEL_KIND_VAE: frozenset({"safetensors", "ckpt"}),
+    common_pb2.MODEL_KIND_UPSCALER: frozenset({"pth", "safetensors"}),
+    common_pb2.MODEL_KIND_TAGGER: frozenset({"onnx"}),
+    common_pb2.MODEL_KIND_LORA: frozenset({"safetensors"}),
+}
+_NAME = re.compile(r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    kind: Kind
+    bucket: str
+    key: str
+    sha256: str
+    size_bytes: int
+    format: str
+    created_at: datetime | None
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's short hash: the first 10 hex of the sha256."""
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name}.{self.format} [{self.short_hash}]"
+
+
+def check_model_name(name: str, field_name: str = "name") -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidArgument(
+            field_name, "1-128 characters of A-Z a-z 0-9 space _ . ( ) + -, not starting with ."
+        )
+    return name
+
+
+def check_kind(kind: Kind, field_name: str = "kind") -> Kind:
+    if kind not in _PLACES:
+        raise InvalidArgument(field_name, "must be CHECKPOINT, VAE, LORA, UPSCALER or TAGGER")
+    return kind
+
+
+Validator = Callable[[Path, Kind, str], None]
+
+
+class ModelRegistry:
+    """Lists, finds, imports and deletes model files in the object store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def list(self, kinds: Iterable[Kind] | None = None) -> list[StoredModel]:
+        models = []
+        for kind in kinds or _PLACES:
+            bucket, prefix = _PLACES[kind]
+            for entry in self.store.list(bucket, prefix=prefix):
+                model = self._from_key(kind, entry.key)
+                if model is not None:
+                    models.append(model)
+        return sorted(models, key=lambda m: (m.kind, m.name.lower()))
+
+    def find(self, kind: Kind, name: str) -> StoredModel:
+        bucket, prefix = _PLACES[check_kind(kind)]
+        for file_format in sorted(FORMATS[kind]):
+            key = f"{prefix}{name}.{file_format}"
+            if _NAME.match(name) and self.store.exists(bucket, key):
+                model = self._from_key(kind, key)
+                if model is not None:
+                    return model
+        raise NotFound(common_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower(), name)
+
+    def import_file(
+        self,
+        path: Path,
+        *,
+        name: str,
+        kind: Kind,
+        file_format: str,
+        overwrite: bool = False,
+        validate: Validator | None = None,
+    ) -> StoredModel:
+        """Validates a local file, then stores it under its name (sha256 recorded)."""
+        check_model_name(name)
+        check_kind(kind)
+        if file_format not in FORMATS[kind]:
+            allowed = ", ".join(sorted(FORMATS[kind]))
+            raise InvalidArgument("format", f"must be one of {allowed} for this kind")
+        if not overwrite and self._exists(kind, name):
+            raise AlreadyExists(f"a model named {name!r} already exists; set overwrite")
+        if validate is not None:
+            validate(path, kind, file_format)
+        bucket, prefix = _PLACES[kind]
+        self.store.put_file(bucket, f"{prefix}{name}.{file_format}", path)
+        return self.find(kind, name)
+
+    def import_stream(self, chunks: Iterable[bytes], **kwargs: object) -> StoredModel:
+        """Spools an upload to a temporary file, then `import_file`s it."""
+        with tempfile.TemporaryDirectory(prefix="sdstack-import-") as folder:
+            path = Path(folder) / "upload"
+            with path.open("wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+            return self.import_file(path, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, kind: Kind, name: str) -> bool:
+        try:
+            model = self.find(kind, name)
+        except NotFound:
+            return False
+        self.store.delete(model.bucket, model.key)
+        return True
+
+    def _exists(self, kind: Kind, name: str) -> bool:
+        try:
+            self.find(kind, name)
+        except NotFound:
+            return False
+        return True
+
+    def _from_key(self, kind: Kind, key: str) -> StoredModel | None:
+        bucket, prefix = _PLACES[kind]
+        stem, _, file_format = key.removeprefix(prefix).rpartition(".")
+        if "/" in stem or file_format not in FORMATS[kind]:
+            return None
+        info = self.store.stat(bucket, key)
+        return StoredModel(
+            name=stem,
+            kind=kind,
+            bucket=bucket,
+            key=key,
+            sha256=info.sha256,
+            size_bytes=info.size,
+            format=file_format,
+            created_at=info.last_modified,
+        )

@@ -1,0 +1,98 @@
+"""Generator process: wiring only (`python -m services.generator.server`)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from services.common.config import Settings
+from services.common.errors import ConfigError
+from services.common.grpc_server import GrpcServer, ServiceBinding, run_service
+from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
+from services.common.proto.sdstack.v1 import generator_pb2_grpc
+from services.common.wiring import connect_object_store, serve_metrics
+from services.generator.demo_model import install_demo_model_if_empty
+from services.generator.engine import Engine
+from services.generator.model_cache import ModelCache
+from services.generator.model_registry import ModelRegistry
+from services.generator.model_validation import validate_model_file
+from services.generator.servicer import GeneratorServicer
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("SDSTACK_DEVICE", "cuda was asked for but no CUDA device is available")
+    return torch.device(setting)
+
+
+def build(settings: Settings) -> GrpcServer:
+    device = pick_device(settings.device)
+    tokenizer_dir = settings.resolved_clip_tokenizer_dir
+    if not (tokenizer_dir / "vocab.json").exists():
+        raise ConfigError(
+            "SDSTACK_CLIP_TOKENIZER_DIR",
+            f"no CLIP tokenizer in {tokenizer_dir}; run `make install` to set it up",
+        )
+    store = connect_object_store(settings, [MODELS_BUCKET, LORAS_BUCKET])
+    registry = ModelRegistry(store)
+    cache = ModelCache(
+        store,
+        settings.resolved_model_cache_dir,
+        tokenizer_dir,
+        max_loaded=settings.model_cache_max_loaded,
+        device=device,
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+    )
+    engine = Engine(registry, cache, settings.queue_size)
+    servicer = GeneratorServicer(
+        engine,
+        registry,
+        max_pixels=settings.max_pixels,
+        default_checkpoint=settings.default_checkpoint,
+        validate_model=lambda path, kind, fmt: validate_model_file(
+            path, kind, fmt, config_root=cache.cache_dir / "configs", tokenizer_dir=tokenizer_dir
+        ),
+    )
+    server = GrpcServer(
+        settings,
+        port=settings.generator_port,
+        port_setting="SDSTACK_GENERATOR_PORT",
+        bindings=[
+            ServiceBinding(
+                "sdstack.v1.Generator",
+                lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s),
+            )
+        ],
+    )
+    serve_metrics(settings, "generator")
+    server.start()
+    if settings.install_demo_model:
+        install_demo_model_if_empty(registry, tokenizer_dir)
+    engine.start()
+    _warm_default_checkpoint(engine, cache, settings.default_checkpoint)
+    server.set_serving(True)
+    log.info("generator ready on %s (device %s)", settings.target("generator"), device)
+    return server
+
+
+def _warm_default_checkpoint(engine: Engine, cache: ModelCache, preferred: str) -> None:
+    """Ready only after the default weights load (a replica that answers is useful)."""
+    try:
+        model = engine.default_checkpoint(preferred)
+    except Exception:  # an empty store is allowed; generation will say so
+        log.warning("no default checkpoint to load yet")
+        return
+    cache.pipeline(model)
+
+
+def main() -> None:
+    run_service("generator", build)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Start-up and shutdown as an operator sees them: one clear line for bad configuration,
+nothing half-started, and `sdstack up` stopping cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.common.config import settings_env
+from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
+from tests.stack_fixtures import free_ports, stack_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        env={**os.environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    result = _run(["gateway.server"], {"SDSTACK_GATEWAY_PORT": "seventy"})
+    assert result.returncode == 2
+    lines = _error_lines(result)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("gateway: cannot start: SDSTACK_GATEWAY_PORT: ")
+    assert "integer" in lines[0]
+
+
+def test_unreachable_object_store_names_the_setting(tmp_path: Path) -> None:
+    (unused,) = free_ports(1)
+    env = {
+        "SDSTACK_DATA_DIR": str(tmp_path),
+        "SDSTACK_S3_ENDPOINT": f"127.0.0.1:{unused}",
+        "SDSTACK_GALLERY_PORT": str(free_ports(1)[0]),
+        "SDSTACK_GALLERY_METRICS_PORT": str(free_ports(1)[0]),
+    }
+    started = time.monotonic()
+    result = _run(["services.gallery.server"], env)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    lines = _error_lines(result)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("gallery: cannot start: SDSTACK_S3_ENDPOINT: object store at")
+
+
+def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) -> None:  # noqa: F811
+    settings = stack_settings(tmp_path, clip_tokenizer_dir)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", settings.generator_port))
+        holder.listen()
+        result = _run(
+            ["sdstack.cli", "up"], {**settings_env(settings), "SDSTACK_LOG_LEVEL": "ERROR"}
+        )
+    assert result.returncode == 2
+    assert f"SDSTACK_GENERATOR_PORT: cannot listen on 127.0.0.1:{settings.generator_port}" in (
+        result.stderr
+    )
+    assert _port_is_free(settings.s3_port), "the S3 server was started anyway"
+
+
+def test_up_serves_then_stops_cleanly_on_ctrl_c(
+    tmp_path: Path,
+    clip_tokenizer_dir: Path,  # noqa: F811
+) -> None:
+    settings = stack_settings(tmp_path, clip_tokenizer_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sdstack.cli", "up"],
+        env={**os.environ, **settings_env(settings)},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 240
+        line = ""
+        while "sdstack is up" not in line and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "sdstack up exited before it was up"
+        assert f"http://127.0.0.1:{settings.gateway_port}" in line
+        children = _descendants(process.pid)
+        assert len(children) >= 5, "expected S3, three services and the gateway"
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    alive = [pid for pid in children if _alive(pid)]
+    assert not alive, f"orphans left running: {alive}"
+    ports = [
+        settings.gateway_port,
+        settings.generator_port,
+        settings.trainer_port,
+        settings.gallery_port,
+        settings.s3_port,
+        settings.generator_metrics_port,
+    ]
+    assert [p for p in ports if not _port_is_free(p)] == []
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+                frontier.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -1,0 +1,87 @@
+"""The whole stack as real processes on free ports, for integration tests.
+
+`running_stack` starts what `sdstack up` starts (local S3, generator, trainer, gallery,
+gateway) through the same launcher, in a temporary data directory, once per session.
+Import the fixtures into a test module.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from services.common.object_store import ObjectStore
+
+from sdstack.launcher import Stack
+from services.common.config import Settings, load_settings
+from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
+
+PORT_SETTINGS = (
+    "gateway_port",
+    "generator_port",
+    "trainer_port",
+    "gallery_port",
+    "generator_metrics_port",
+    "trainer_metrics_port",
+    "gallery_metrics_port",
+    "s3_port",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (held open together so they are distinct)."""
+    sockets = []
+    for _ in range(count):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        sockets.append(probe)
+    ports = [s.getsockname()[1] for s in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+def stack_settings(data_dir: Path, tokenizer_dir: Path, **overrides: object) -> Settings:
+    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
+    return load_settings(
+        data_dir=data_dir,
+        clip_tokenizer_dir=tokenizer_dir,
+        s3_endpoint="",
+        database_url="",
+        log_level="WARNING",
+        **{**ports, **overrides},
+    )
+
+
+@dataclass
+class RunningStack:
+    settings: Settings
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.gateway_port}"
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120)
+
+    def object_store(self) -> ObjectStore:
+        s = self.settings
+        return ObjectStore(f"{s.host}:{s.s3_port}", s.s3_access_key, s.s3_secret_key)
+
+
+@pytest.fixture(scope="session")
+def running_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    clip_tokenizer_dir: Path,  # noqa: F811
+) -> Iterator[RunningStack]:
+    settings = stack_settings(tmp_path_factory.mktemp("stack"), clip_tokenizer_dir)
+    stack = Stack(settings)
+    try:
+        stack.start()
+        yield RunningStack(settings)
+    finally:
+        stack.stop()
