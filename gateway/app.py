@@ -34,6 +34,10 @@ def create_app(clients: Backends) -> FastAPI:
         title="sdstack",
         version="0.1.0",
         description="Self-hosted Stable Diffusion: generation, gallery and LoRA training.",
+        # FastAPI's docs pages load their scripts from a CDN; nothing may call out at run
+        # time, so only the OpenAPI document is served until the docs assets are bundled.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.backends = clients
     install_error_handlers(app)

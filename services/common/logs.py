@@ -47,5 +47,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "httpx", "httpcore", "PIL", "filelock"):
+    for noisy in ("httpx", "httpcore", "PIL", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 warns on every retry; the object store reports the final failure itself.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

@@ -32,7 +32,7 @@ def connect_object_store(settings: Settings, buckets: list[str]) -> ObjectStore:
         store.ping()
         store.ensure_buckets(buckets)
     except Unavailable as error:
-        raise ConfigError(setting, f"object store at {endpoint} is unreachable ({error})") from None
+        raise ConfigError(setting, error.message) from None
     log.info("object store at %s ready", endpoint)
     return store
 

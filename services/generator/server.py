@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from services.common.config import Settings
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, FailedPrecondition
 from services.common.grpc_server import GrpcServer, ServiceBinding, run_service
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
@@ -30,7 +32,16 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def quiet_model_libraries() -> None:
+    """Progress bars and advice meant for notebooks stay out of the service log."""
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
 def build(settings: Settings) -> GrpcServer:
+    quiet_model_libraries()
     device = pick_device(settings.device)
     tokenizer_dir = settings.resolved_clip_tokenizer_dir
     if not (tokenizer_dir / "vocab.json").exists():
@@ -84,7 +95,7 @@ def _warm_default_checkpoint(engine: Engine, cache: ModelCache, preferred: str) 
     """Ready only after the default weights load (a replica that answers is useful)."""
     try:
         model = engine.default_checkpoint(preferred)
-    except Exception:  # an empty store is allowed; generation will say so
+    except FailedPrecondition:  # an empty store is allowed; generation will say so
         log.warning("no default checkpoint to load yet")
         return
     cache.pipeline(model)

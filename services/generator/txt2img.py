@@ -81,7 +81,9 @@ def run_txt2img(
     """Runs the job's batches one after another; `on_step` may raise to stop it."""
     sampler = resolve_sampler(job.sampler)
     scheduler = make_scheduler(sampler, dict(pipe.scheduler.config), job.schedule_type)
-    runner = StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler})
+    runner = StableDiffusionPipeline(
+        **{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False
+    )
     runner.set_progress_bar_config(disable=True)
     seeds = job.seeds()
     images: list[RenderedImage] = []

@@ -1,0 +1,50 @@
+"""A real local S3 server (SeaweedFS) for integration tests, started once per session.
+
+Import the fixtures into a test module:
+
+    from tests.s3_fixtures import local_s3, object_store  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from services.common.object_store import ObjectStore
+from services.common.s3_server import LocalS3Server
+
+ACCESS_KEY = "sdstack-test"
+SECRET_KEY = "sdstack-test-secret"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def local_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    server = LocalS3Server(
+        tmp_path_factory.mktemp("s3"),
+        port=free_port(),
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def object_store(local_s3: LocalS3Server) -> Iterator[ObjectStore]:
+    store = ObjectStore(local_s3.endpoint, ACCESS_KEY, SECRET_KEY)
+    try:
+        yield store
+    finally:
+        store.close()
