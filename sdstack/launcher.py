@@ -20,13 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.s3_server import LocalS3Server
-
 from services.common.clients import GalleryClient, GeneratorClient, TrainerClient
 from services.common.clients.channel import ServiceClient
 from services.common.config import Settings, settings_env
 from services.common.errors import ConfigError
 from services.common.metrics import ensure_port_free
+from services.common.s3_server import LocalS3Server
 
 log = logging.getLogger("sdstack.up")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from services.common.object_store import ObjectStore
 
 from sdstack.launcher import Stack
 from services.common.config import Settings, load_settings
+from services.common.object_store import ObjectStore
 from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
 
 PORT_SETTINGS = (
