@@ -68,7 +68,9 @@ class Stack:
 
     def start(self) -> None:
         self.check_ports()
-        env = {**os.environ, **settings_env(self.settings)}
+        # transformers warns at import about optional torchvision image processors
+        # sdstack never uses; errors still show.
+        env = {"TRANSFORMERS_VERBOSITY": "error", **os.environ, **settings_env(self.settings)}
         if not self.settings.s3_endpoint:
             self.s3 = LocalS3Server(
                 self.settings.data_dir,

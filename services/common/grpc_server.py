@@ -214,6 +214,7 @@ class GrpcServer:
         self.bindings = bindings
         self.health = health.HealthServicer()
         self.stopped = threading.Event()
+        self._shutdown_hooks: list[Callable[[], None]] = []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.grpc_workers, thread_name_prefix="grpc"
@@ -255,6 +256,10 @@ class GrpcServer:
         for name in ["", *(b.full_name for b in self.bindings)]:
             self.health.set(name, state)
 
+    def on_shutdown(self, hook: Callable[[], None]) -> None:
+        """Runs `hook` after the RPCs have drained (e.g. to stop a worker)."""
+        self._shutdown_hooks.append(hook)
+
     def stop(self) -> None:
         """Drains: health NOT_SERVING, refuse new RPCs, let running ones finish."""
         if self.stopped.is_set():
@@ -262,6 +267,8 @@ class GrpcServer:
         self.stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.shutdown_grace_seconds).wait()
+        for hook in self._shutdown_hooks:
+            hook()
         log.info("stopped")
 
     def stop_on_signals(self) -> None:

@@ -1,11 +1,16 @@
-"""Start-up steps every service shares: reach the object store, serve metrics."""
+"""Start-up steps every service shares: reach the object store, serve metrics and gRPC."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Literal
+
+import grpc
 
 from services.common.config import Settings
 from services.common.errors import ConfigError, Unavailable
+from services.common.grpc_server import GrpcServer, ServiceBinding
 from services.common.metrics import start_metrics_server
 from services.common.object_store import ObjectStore
 
@@ -37,7 +42,31 @@ def connect_object_store(settings: Settings, buckets: list[str]) -> ObjectStore:
     return store
 
 
-def serve_metrics(settings: Settings, service: str) -> None:
+ServiceName = Literal["generator", "trainer", "gallery"]
+
+
+def serve_metrics(settings: Settings, service: ServiceName) -> None:
     port = getattr(settings, f"{service}_metrics_port")
     start_metrics_server(settings.host, port, f"SDSTACK_{service.upper()}_METRICS_PORT")
     log.info("metrics on http://%s:%d/metrics", settings.host, port)
+
+
+def start_grpc_service(
+    settings: Settings,
+    service: ServiceName,
+    full_name: str,
+    register: Callable[[grpc.Server], None],
+) -> GrpcServer:
+    """Serves `/metrics` and the gRPC service on the ports of `service`, health NOT_SERVING.
+
+    The caller finishes its warm-up, then calls `set_serving(True)`.
+    """
+    server = GrpcServer(
+        settings,
+        port=getattr(settings, f"{service}_port"),
+        port_setting=f"SDSTACK_{service.upper()}_PORT",
+        bindings=[ServiceBinding(full_name, register)],
+    )
+    serve_metrics(settings, service)
+    server.start()
+    return server

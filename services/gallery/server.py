@@ -8,10 +8,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.common.config import Settings
 from services.common.errors import ConfigError
-from services.common.grpc_server import GrpcServer, ServiceBinding, run_service
+from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import OUTPUTS_BUCKET
 from services.common.proto.sdstack.v1 import gallery_pb2_grpc
-from services.common.wiring import connect_object_store, serve_metrics
+from services.common.wiring import connect_object_store, start_grpc_service
 from services.gallery.images import Images
 from services.gallery.records import ImageRecords, create_engine_for, create_schema
 from services.gallery.servicer import GalleryServicer
@@ -28,19 +28,12 @@ def build(settings: Settings) -> GrpcServer:
     store = connect_object_store(settings, [OUTPUTS_BUCKET])
     images = Images(store, ImageRecords(engine), max_pixels=settings.max_pixels * 4)
     servicer = GalleryServicer(images)
-    server = GrpcServer(
+    server = start_grpc_service(
         settings,
-        port=settings.gallery_port,
-        port_setting="SDSTACK_GALLERY_PORT",
-        bindings=[
-            ServiceBinding(
-                "sdstack.v1.Gallery",
-                lambda s: gallery_pb2_grpc.add_GalleryServicer_to_server(servicer, s),
-            )
-        ],
+        "gallery",
+        "sdstack.v1.Gallery",
+        lambda s: gallery_pb2_grpc.add_GalleryServicer_to_server(servicer, s),
     )
-    serve_metrics(settings, "gallery")
-    server.start()
     server.set_serving(True)
     log.info("gallery ready on %s", settings.target("gallery"))
     return server

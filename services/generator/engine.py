@@ -104,8 +104,15 @@ class Engine:
     def start(self) -> None:
         self._worker.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Cancels the jobs left (after the server drained), then ends the worker."""
+        with self._lock:
+            for handle in self._jobs.values():
+                if not handle.done.is_set():
+                    handle.cancelled.set()
         self._queue.put((10**9, next(self._order), None))
+        if self._worker.is_alive():
+            self._worker.join(timeout)
 
     def default_checkpoint(self, preferred: str) -> StoredModel:
         if preferred:

@@ -10,10 +10,10 @@ from transformers.utils import logging as transformers_logging
 
 from services.common.config import Settings
 from services.common.errors import ConfigError, FailedPrecondition
-from services.common.grpc_server import GrpcServer, ServiceBinding, run_service
+from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
-from services.common.wiring import connect_object_store, serve_metrics
+from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
 from services.generator.engine import Engine
 from services.generator.model_cache import ModelCache
@@ -69,22 +69,16 @@ def build(settings: Settings) -> GrpcServer:
             path, kind, fmt, config_root=cache.cache_dir / "configs", tokenizer_dir=tokenizer_dir
         ),
     )
-    server = GrpcServer(
+    server = start_grpc_service(
         settings,
-        port=settings.generator_port,
-        port_setting="SDSTACK_GENERATOR_PORT",
-        bindings=[
-            ServiceBinding(
-                "sdstack.v1.Generator",
-                lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s),
-            )
-        ],
+        "generator",
+        "sdstack.v1.Generator",
+        lambda s: generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, s),
     )
-    serve_metrics(settings, "generator")
-    server.start()
     if settings.install_demo_model:
         install_demo_model_if_empty(registry, tokenizer_dir)
     engine.start()
+    server.on_shutdown(engine.stop)
     _warm_default_checkpoint(engine, cache, settings.default_checkpoint)
     server.set_serving(True)
     log.info("generator ready on %s (device %s)", settings.target("generator"), device)

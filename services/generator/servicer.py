@@ -13,6 +13,7 @@ from services.generator.engine import Engine, Event, Failed, Finished, JobHandle
 from services.generator.jobs import job_from_request
 from services.generator.model_registry import ModelRegistry, StoredModel, Validator
 from services.generator.samplers import SAMPLERS
+from services.generator.txt2img import RenderedImage
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -66,14 +67,14 @@ def event_message(request_id: str, event: Event) -> generator_pb2.GenerateEvent:
     return message
 
 
-def _image(image: object, finished: Finished) -> common_pb2.GeneratedImage:
+def _image(image: RenderedImage, finished: Finished) -> common_pb2.GeneratedImage:
     return common_pb2.GeneratedImage(
-        png=image.png,  # type: ignore[attr-defined]
-        seed=image.seed,  # type: ignore[attr-defined]
-        width=image.width,  # type: ignore[attr-defined]
-        height=image.height,  # type: ignore[attr-defined]
-        infotext=image.infotext,  # type: ignore[attr-defined]
-        index=image.index,  # type: ignore[attr-defined]
+        png=image.png,
+        seed=image.seed,
+        width=image.width,
+        height=image.height,
+        infotext=image.infotext,
+        index=image.index,
         model_sha256=finished.model.sha256,
     )
 

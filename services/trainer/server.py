@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 
 from services.common.config import Settings
-from services.common.grpc_server import GrpcServer, ServiceBinding, run_service
+from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import DATASETS_BUCKET
 from services.common.proto.sdstack.v1 import trainer_pb2_grpc
-from services.common.wiring import connect_object_store, serve_metrics
+from services.common.wiring import connect_object_store, start_grpc_service
 
 log = logging.getLogger(__name__)
 
@@ -20,19 +20,12 @@ log = logging.getLogger(__name__)
 def build(settings: Settings) -> GrpcServer:
     connect_object_store(settings, [DATASETS_BUCKET])
     servicer = trainer_pb2_grpc.TrainerServicer()
-    server = GrpcServer(
+    server = start_grpc_service(
         settings,
-        port=settings.trainer_port,
-        port_setting="SDSTACK_TRAINER_PORT",
-        bindings=[
-            ServiceBinding(
-                "sdstack.v1.Trainer",
-                lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s),
-            )
-        ],
+        "trainer",
+        "sdstack.v1.Trainer",
+        lambda s: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, s),
     )
-    serve_metrics(settings, "trainer")
-    server.start()
     server.set_serving(True)
     log.info("trainer ready on %s", settings.target("trainer"))
     return server

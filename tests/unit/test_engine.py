@@ -1,0 +1,149 @@
+"""The generator engine on the real tiny pipeline: bounded queue, priorities, cancel."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from services.common.errors import AlreadyExists, Cancelled, Overloaded
+from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.generator.engine import Engine, Failed, Finished, JobHandle, Progress, Queued
+from services.generator.jobs import job_from_request
+from services.generator.model_registry import StoredModel
+from tests.model_fixtures import clip_tokenizer_dir, tiny_model_files  # noqa: F401
+
+MODEL = StoredModel(
+    name="tiny",
+    kind=common_pb2.MODEL_KIND_CHECKPOINT,
+    bucket="models",
+    key="checkpoints/tiny.safetensors",
+    sha256="ab" * 32,
+    size_bytes=1,
+    format="safetensors",
+    created_at=None,
+)
+
+
+class GatedModels:
+    """Hands out the tiny pipeline once `gate` opens, so a test decides when work starts."""
+
+    def __init__(self, pipe: StableDiffusionPipeline) -> None:
+        self.pipe = pipe
+        self.gate = threading.Event()
+        self.asked = threading.Event()
+
+    def pipeline(self, _model: StoredModel) -> StableDiffusionPipeline:
+        self.asked.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model_files) -> StableDiffusionPipeline:  # noqa: F811
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_model_files.diffusers_dir, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def models(tiny_pipe: StableDiffusionPipeline) -> GatedModels:
+    return GatedModels(tiny_pipe)
+
+
+@pytest.fixture
+def engine(models: GatedModels) -> Iterator[Engine]:
+    engine = Engine(registry=None, cache=models, queue_size=1)  # type: ignore[arg-type]
+    engine.start()
+    yield engine
+    models.gate.set()
+    engine.stop()
+
+
+def _job(request_id: str, priority: int = 0, steps: int = 2):
+    request = generator_pb2.GenerateRequest(
+        request_id=request_id,
+        priority=priority,
+        params=common_pb2.GenerationParams(prompt="x", seed=1, width=64, height=64, steps=steps),
+    )
+    return job_from_request(request, 1 << 20)
+
+
+def _outcome(handle: JobHandle) -> Finished | Failed:
+    events = list(handle.stream())
+    assert isinstance(events[0], Queued)
+    return events[-1]  # type: ignore[return-value]
+
+
+def test_a_full_queue_answers_overloaded_with_a_retry_hint(
+    engine: Engine, models: GatedModels
+) -> None:
+    running = engine.submit(_job("running"), MODEL)
+    assert models.asked.wait(10)
+    waiting = engine.submit(_job("waiting"), MODEL)
+    with pytest.raises(Overloaded) as raised:
+        engine.submit(_job("refused"), MODEL)
+    assert raised.value.retry_after_seconds >= 1
+    models.gate.set()
+    assert isinstance(_outcome(running), Finished)
+    assert isinstance(_outcome(waiting), Finished)
+
+
+def test_cancel_stops_a_running_job_and_the_next_one_runs(
+    engine: Engine, models: GatedModels
+) -> None:
+    running = engine.submit(_job("long", steps=50), MODEL)
+    assert models.asked.wait(10)
+    following = engine.submit(_job("next"), MODEL)
+    assert engine.cancel("long")
+    models.gate.set()
+    outcome = _outcome(running)
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.error, Cancelled)
+    finished = _outcome(following)
+    assert isinstance(finished, Finished)
+    assert [image.seed for image in finished.images] == [1]
+    assert not engine.cancel("long"), "a finished job cannot be cancelled again"
+
+
+def test_higher_priority_runs_first(engine: Engine, models: GatedModels) -> None:
+    engine.queue_size = 3
+    blocker = engine.submit(_job("blocker"), MODEL)
+    assert models.asked.wait(10)
+    low = engine.submit(_job("low", priority=-5), MODEL)
+    high = engine.submit(_job("high", priority=5), MODEL)
+    order: list[str] = []
+
+    def follow(handle: JobHandle) -> None:
+        for event in handle.stream():
+            if isinstance(event, Progress) and event.step == 1:
+                order.append(handle.job.request_id)
+
+    threads = [threading.Thread(target=follow, args=(h,)) for h in (blocker, low, high)]
+    for thread in threads:
+        thread.start()
+    models.gate.set()
+    for thread in threads:
+        thread.join(60)
+    assert order == ["blocker", "high", "low"]
+
+
+def test_progress_counts_every_step(engine: Engine, models: GatedModels) -> None:
+    models.gate.set()
+    handle = engine.submit(_job("steps", steps=3), MODEL)
+    events = list(handle.stream())
+    steps = [e.step for e in events if isinstance(e, Progress)]
+    assert steps == [1, 2, 3]
+    assert isinstance(events[-1], Finished)
+
+
+def test_reusing_a_running_request_id_is_refused(engine: Engine, models: GatedModels) -> None:
+    engine.submit(_job("same"), MODEL)
+    assert models.asked.wait(10)
+    with pytest.raises(AlreadyExists, match="already running"):
+        engine.submit(_job("same"), MODEL)
+    models.gate.set()
