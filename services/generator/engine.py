@@ -74,19 +74,32 @@ Event = Queued | Progress | Finished | Failed
 
 @dataclass
 class JobHandle:
+    """One job and the history of its events; every watcher sees them all, in order."""
+
     job: Txt2ImgJob
     model: StoredModel
-    events: queue.Queue[Event] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    _events: list[Event] = field(default_factory=list)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def publish(self, event: Event) -> None:
+        with self._changed:
+            self._events.append(event)
+            self._changed.notify_all()
 
     def stream(self) -> Iterator[Event]:
-        """The job's events until it finishes or fails."""
+        """The job's events from the first, until it finishes or fails."""
+        seen = 0
         while True:
-            event = self.events.get()
-            yield event
-            if isinstance(event, Finished | Failed):
-                return
+            with self._changed:
+                self._changed.wait_for(lambda: len(self._events) > seen)
+                fresh = self._events[seen:]
+            seen += len(fresh)
+            for event in fresh:
+                yield event
+                if isinstance(event, Finished | Failed):
+                    return
 
 
 class Engine:
@@ -135,7 +148,7 @@ class Engine:
             self._jobs[job.request_id] = handle
             self._queue.put((-job.priority, next(self._order), handle))
             QUEUE_DEPTH.set(self._queue.qsize())
-        handle.events.put(Queued(position=waiting, depth=waiting + 1))
+        handle.publish(Queued(position=waiting, depth=waiting + 1))
         return handle
 
     def find(self, request_id: str) -> JobHandle | None:
@@ -166,7 +179,7 @@ class Engine:
     def _run(self, handle: JobHandle) -> None:
         if handle.cancelled.is_set():
             JOBS_FINISHED.labels("cancelled").inc()
-            handle.events.put(Failed(Cancelled("cancelled before it started")))
+            handle.publish(Failed(Cancelled("cancelled before it started")))
             return
         JOBS_RUNNING.inc()
         started = time.perf_counter()
@@ -174,17 +187,17 @@ class Engine:
             images = self._generate(handle)
         except SdstackError as error:
             JOBS_FINISHED.labels(error.reason.lower()).inc()
-            handle.events.put(Failed(error))
+            handle.publish(Failed(error))
         except Exception:
             log.exception("generation failed")
             JOBS_FINISHED.labels("internal").inc()
-            handle.events.put(Failed(SdstackError("generation failed; see the generator log")))
+            handle.publish(Failed(SdstackError("generation failed; see the generator log")))
         else:
             JOBS_FINISHED.labels("ok").inc()
             IMAGES_GENERATED.labels(handle.model.name).inc(len(images))
             elapsed = time.perf_counter() - started
             log.info("made %d images in %.2fs", len(images), elapsed)
-            handle.events.put(Finished(images, elapsed, handle.model))
+            handle.publish(Finished(images, elapsed, handle.model))
         finally:
             JOBS_RUNNING.dec()
 
@@ -202,7 +215,7 @@ class Engine:
             last = now
             done = (batch_no - 1) * steps + step
             eta = (total - done) * self._recent_step_seconds
-            handle.events.put(Progress(step, steps, batch_no, job.n_iter, eta))
+            handle.publish(Progress(step, steps, batch_no, job.n_iter, eta))
             if handle.cancelled.is_set():
                 raise Cancelled(f"job {job.request_id} was cancelled")
 
