@@ -47,13 +47,11 @@ def free_ports(count: int) -> list[int]:
 
 def stack_settings(data_dir: Path, tokenizer_dir: Path, **overrides: object) -> Settings:
     ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
+    defaults = {"s3_endpoint": "", "database_url": "", "log_level": "WARNING"}
     return load_settings(
         data_dir=data_dir,
         clip_tokenizer_dir=tokenizer_dir,
-        s3_endpoint="",
-        database_url="",
-        log_level="WARNING",
-        **{**ports, **overrides},
+        **{**defaults, **ports, **overrides},
     )
 
 

@@ -93,7 +93,8 @@ class JobHandle:
         seen = 0
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: len(self._events) > seen)
+                while len(self._events) <= seen:
+                    self._changed.wait()
                 fresh = self._events[seen:]
             seen += len(fresh)
             for event in fresh:

@@ -89,6 +89,24 @@ def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) 
     assert _port_is_free(settings.s3_port), "the S3 server was started anyway"
 
 
+def test_up_with_an_unreachable_store_stops_everything(
+    tmp_path: Path,
+    clip_tokenizer_dir: Path,  # noqa: F811
+) -> None:
+    (unused,) = free_ports(1)
+    settings = stack_settings(
+        tmp_path, clip_tokenizer_dir, s3_endpoint=f"127.0.0.1:{unused}", log_level="ERROR"
+    )
+    result = _run(["sdstack.cli", "up"], settings_env(settings), timeout=120)
+    assert result.returncode == 2
+    last = _error_lines(result)[-2]  # the last line is "sdstack stopped"
+    assert last.startswith("sdstack up: ")
+    assert f"SDSTACK_S3_ENDPOINT: object store at 127.0.0.1:{unused} is unreachable" in last
+    assert _error_lines(result)[-1] == "sdstack stopped"
+    for port in (settings.gateway_port, settings.generator_port, settings.gallery_port):
+        assert _port_is_free(port)
+
+
 def test_up_serves_then_stops_cleanly_on_ctrl_c(
     tmp_path: Path,
     clip_tokenizer_dir: Path,  # noqa: F811
