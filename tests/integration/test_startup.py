@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from services.common.clients import GeneratorClient
 from services.common.config import settings_env
+from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
 from tests.stack_fixtures import free_ports, stack_settings
 
@@ -107,7 +109,7 @@ def test_up_with_an_unreachable_store_stops_everything(
         assert _port_is_free(port)
 
 
-def test_up_serves_then_stops_cleanly_on_ctrl_c(
+def test_up_serves_then_stops_cleanly_on_ctrl_c_letting_work_finish(
     tmp_path: Path,
     clip_tokenizer_dir: Path,  # noqa: F811
 ) -> None:
@@ -131,7 +133,13 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(
         assert f"http://127.0.0.1:{settings.gateway_port}" in line
         children = _descendants(process.pid)
         assert len(children) >= 5, "expected S3, three services and the gateway"
-        os.killpg(process.pid, signal.SIGINT)
+        with GeneratorClient(settings.target("generator")) as generator:
+            events = generator.generate(_long_generation())
+            next(e for e in events if e.HasField("progress"))
+            os.killpg(process.pid, signal.SIGINT)
+            rest = list(events)
+        assert rest[-1].HasField("result"), "the running generation was not allowed to finish"
+        assert len(rest[-1].result.images) == 1
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
@@ -148,6 +156,11 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(
         settings.generator_metrics_port,
     ]
     assert [p for p in ports if not _port_is_free(p)] == []
+
+
+def _long_generation() -> generator_pb2.GenerateRequest:
+    params = common_pb2.GenerationParams(prompt="x", seed=2, width=256, height=256, steps=60)
+    return generator_pb2.GenerateRequest(params=params)
 
 
 def _descendants(pid: int) -> list[int]:
