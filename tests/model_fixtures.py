@@ -1,7 +1,7 @@
-"""Session fixtures for the tokenizer and the tiny SD model; import them into a test module.
+"""Session fixtures for the tokenizer and the tiny SD model (registered by `tests/conftest.py`).
 
-A session fixture imported into several modules is set up once per module that imports it, so
-the work is keyed on a folder under the session's base temp dir and done only the first time.
+The work is keyed on a folder under the session's base temp dir, so it is done once even
+when pytest runs test modules in separate sessions of the same base dir.
 """
 
 from __future__ import annotations

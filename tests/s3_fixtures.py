@@ -1,9 +1,6 @@
 """A real local S3 server (SeaweedFS) for integration tests, started once per session.
 
-Import the fixtures into a test module:
-
-    from tests.s3_fixtures import local_s3, object_store  # noqa: F401
-"""
+Registered for the whole suite by `tests/conftest.py`."""
 
 from __future__ import annotations
 

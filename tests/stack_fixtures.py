@@ -2,7 +2,7 @@
 
 `running_stack` starts what `sdstack up` starts (local S3, generator, trainer, gallery,
 gateway) through the same launcher, in a temporary data directory, once per session.
-Import the fixtures into a test module.
+Registered for the whole suite by `tests/conftest.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from sdstack.launcher import Stack
 from services.common.config import Settings, load_settings
 from services.common.object_store import ObjectStore
-from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
+from services.generator.demo_model import DEMO_MODEL_NAME
 
 PORT_SETTINGS = (
     "gateway_port",
@@ -74,9 +74,14 @@ class RunningStack:
 @pytest.fixture(scope="session")
 def running_stack(
     tmp_path_factory: pytest.TempPathFactory,
-    clip_tokenizer_dir: Path,  # noqa: F811
+    clip_tokenizer_dir: Path,
 ) -> Iterator[RunningStack]:
-    settings = stack_settings(tmp_path_factory.mktemp("stack"), clip_tokenizer_dir)
+    # Tests import more checkpoints into this shared stack; the default stays the demo.
+    settings = stack_settings(
+        tmp_path_factory.mktemp("stack"),
+        clip_tokenizer_dir,
+        default_checkpoint=DEMO_MODEL_NAME,
+    )
     stack = Stack(settings)
     try:
         stack.start()

@@ -9,7 +9,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from services.common.config import Settings
-from services.common.errors import ConfigError, FailedPrecondition
+from services.common.errors import ConfigError, FailedPrecondition, NotFound
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
@@ -92,6 +92,10 @@ def _warm_default_checkpoint(engine: Engine, cache: ModelCache, preferred: str) 
     except FailedPrecondition:  # an empty store is allowed; generation will say so
         log.warning("no default checkpoint to load yet")
         return
+    except NotFound:
+        raise ConfigError(
+            "SDSTACK_DEFAULT_CHECKPOINT", f"no checkpoint named {preferred!r} in the store"
+        ) from None
     cache.pipeline(model)
 
 

@@ -15,8 +15,7 @@ from services.common.clients import GeneratorClient
 from services.common.config import settings_env
 from services.common.errors import RemoteError
 from services.common.proto.sdstack.v1 import common_pb2
-from tests.model_fixtures import clip_tokenizer_dir, tiny_model_files  # noqa: F401
-from tests.stack_fixtures import RunningStack, running_stack  # noqa: F401
+from tests.stack_fixtures import RunningStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,8 +34,8 @@ def sdstack(stack: RunningStack, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_import_list_and_generate(
-    running_stack: RunningStack,  # noqa: F811
-    tiny_model_files,  # noqa: F811
+    running_stack: RunningStack,
+    tiny_model_files,
     tmp_path: Path,
 ) -> None:
     imported = sdstack(
@@ -64,7 +63,7 @@ def test_import_list_and_generate(
     assert "Model: my-tiny" in image.info["parameters"]
 
 
-def test_import_of_a_missing_file_is_one_clear_line(running_stack: RunningStack) -> None:  # noqa: F811
+def test_import_of_a_missing_file_is_one_clear_line(running_stack: RunningStack) -> None:
     result = sdstack(running_stack, "models", "import", "/nonexistent/model.safetensors")
     assert result.returncode == 2
     assert result.stderr.strip() == "sdstack: PATH: /nonexistent/model.safetensors is not a file"
@@ -79,7 +78,7 @@ class _Payload:
 
 
 def test_malicious_pickle_checkpoint_is_refused(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "pwned"

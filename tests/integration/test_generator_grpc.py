@@ -11,8 +11,7 @@ import pytest
 from services.common.clients import GeneratorClient
 from services.common.errors import RemoteError
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
-from tests.stack_fixtures import RunningStack, running_stack  # noqa: F401
+from tests.stack_fixtures import RunningStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,7 +22,7 @@ def _long_request(request_id: str) -> generator_pb2.GenerateRequest:
 
 
 @pytest.fixture
-def generator(running_stack: RunningStack) -> GeneratorClient:  # noqa: F811
+def generator(running_stack: RunningStack) -> GeneratorClient:
     with GeneratorClient(running_stack.settings.target("generator")) as client:
         yield client
 

@@ -28,7 +28,7 @@ from services.common.object_store import (
     ObjectStore,
 )
 from services.common.s3_server import LocalS3Server, port_is_free
-from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY, free_port, local_s3, object_store  # noqa: F401
+from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def unsized_bytes(size: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def store(object_store: ObjectStore) -> ObjectStore:  # noqa: F811
+def store(object_store: ObjectStore) -> ObjectStore:
     object_store.ensure_buckets(ALL_BUCKETS)
     return object_store
 
@@ -96,7 +96,7 @@ def test_bucket_constants() -> None:
     assert ALL_BUCKETS == ("models", "loras", "datasets", "outputs")
 
 
-def test_ensure_buckets_is_idempotent(object_store: ObjectStore) -> None:  # noqa: F811
+def test_ensure_buckets_is_idempotent(object_store: ObjectStore) -> None:
     object_store.ensure_buckets(ALL_BUCKETS)
     object_store.ensure_buckets(ALL_BUCKETS)
     object_store.ping()
@@ -241,7 +241,7 @@ def test_bad_keys_are_refused_before_any_network_call(key: str) -> None:
 
 def test_wrong_credentials_get_an_error_not_data(
     store: ObjectStore,
-    local_s3: LocalS3Server,  # noqa: F811
+    local_s3: LocalS3Server,
 ) -> None:
     store.put(OUTPUTS_BUCKET, "secret/s.png", b"private")
     intruder = ObjectStore(local_s3.endpoint, ACCESS_KEY, "not-the-secret")
@@ -274,7 +274,7 @@ def test_endpoint_forms() -> None:
         ObjectStore("http://h:1/path", "a", "b")
 
 
-def test_port_taken_is_a_config_error(local_s3: LocalS3Server, tmp_path: Path) -> None:  # noqa: F811
+def test_port_taken_is_a_config_error(local_s3: LocalS3Server, tmp_path: Path) -> None:
     second = LocalS3Server(tmp_path, port=local_s3.port, access_key="a", secret_key="b" * 8)
     started = time.monotonic()
     with pytest.raises(ConfigError) as taken:

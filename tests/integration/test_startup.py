@@ -17,7 +17,6 @@ import pytest
 from services.common.clients import GeneratorClient
 from services.common.config import settings_env
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
 from tests.stack_fixtures import free_ports, stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,7 +75,7 @@ def test_unreachable_object_store_names_the_setting(tmp_path: Path) -> None:
     assert lines[0].startswith("gallery: cannot start: SDSTACK_S3_ENDPOINT: object store at")
 
 
-def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) -> None:  # noqa: F811
+def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) -> None:
     settings = stack_settings(tmp_path, clip_tokenizer_dir)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", settings.generator_port))
@@ -93,7 +92,7 @@ def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) 
 
 def test_up_with_an_unreachable_store_stops_everything(
     tmp_path: Path,
-    clip_tokenizer_dir: Path,  # noqa: F811
+    clip_tokenizer_dir: Path,
 ) -> None:
     (unused,) = free_ports(1)
     settings = stack_settings(
@@ -111,7 +110,7 @@ def test_up_with_an_unreachable_store_stops_everything(
 
 def test_up_serves_then_stops_cleanly_on_ctrl_c_letting_work_finish(
     tmp_path: Path,
-    clip_tokenizer_dir: Path,  # noqa: F811
+    clip_tokenizer_dir: Path,
 ) -> None:
     settings = stack_settings(tmp_path, clip_tokenizer_dir)
     process = subprocess.Popen(

@@ -17,8 +17,7 @@ from PIL import Image
 from services.common.clients import GalleryClient, GeneratorClient, TrainerClient
 from services.common.infotext import parse_infotext
 from services.common.object_store import OUTPUTS_BUCKET
-from tests.model_fixtures import clip_tokenizer_dir  # noqa: F401
-from tests.stack_fixtures import RunningStack, running_stack  # noqa: F401
+from tests.stack_fixtures import RunningStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +36,7 @@ def _pixels(png: bytes) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def first_generation(running_stack: RunningStack) -> dict:  # noqa: F811
+def first_generation(running_stack: RunningStack) -> dict:
     with running_stack.http() as http:
         response = http.post(
             "/v1/generations", json=SKELETON_REQUEST, headers={"x-request-id": "skeleton-1"}
@@ -46,7 +45,7 @@ def first_generation(running_stack: RunningStack) -> dict:  # noqa: F811
     return response.json()
 
 
-def test_every_service_answers_health(running_stack: RunningStack) -> None:  # noqa: F811
+def test_every_service_answers_health(running_stack: RunningStack) -> None:
     s = running_stack.settings
     for client_class in (GeneratorClient, TrainerClient, GalleryClient):
         service = client_class.SERVICE.split(".")[-1].lower()
@@ -64,7 +63,7 @@ def test_every_service_answers_health(running_stack: RunningStack) -> None:  # n
 
 
 def test_generation_returns_four_stored_images(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     images = first_generation["images"]
@@ -86,7 +85,7 @@ def test_generation_returns_four_stored_images(
 
 
 def test_png_carries_a1111_parameters(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     image = first_generation["images"][0]
@@ -104,7 +103,7 @@ def test_png_carries_a1111_parameters(
 
 
 def test_same_seed_gives_identical_pixels(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     with running_stack.http() as http:
@@ -117,7 +116,7 @@ def test_same_seed_gives_identical_pixels(
 
 
 def test_a_seed_gives_the_same_image_whatever_the_batch(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     """Image i of a batch uses seed + i; alone with that seed it is the same picture.
@@ -136,7 +135,7 @@ def test_a_seed_gives_the_same_image_whatever_the_batch(
 
 
 def test_objects_and_records_are_stored(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     store = running_stack.object_store()
@@ -157,7 +156,7 @@ def test_objects_and_records_are_stored(
 
 
 def test_record_is_readable_through_the_gateway(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     first_generation: dict,
 ) -> None:
     image = first_generation["images"][0]
@@ -181,7 +180,7 @@ def test_record_is_readable_through_the_gateway(
     ],
 )
 def test_bad_input_is_a_clear_error(
-    running_stack: RunningStack,  # noqa: F811
+    running_stack: RunningStack,
     change: dict,
     field: str,
     status: int,
@@ -194,7 +193,7 @@ def test_bad_input_is_a_clear_error(
     assert any(d["field"] == field for d in error["details"])
 
 
-def test_unknown_model_and_image_are_404(running_stack: RunningStack) -> None:  # noqa: F811
+def test_unknown_model_and_image_are_404(running_stack: RunningStack) -> None:
     with running_stack.http() as http:
         model = http.post("/v1/generations", json={**SKELETON_REQUEST, "model": "nope"})
         image = http.get("/v1/images/0123456789abcdef0123456789abcdef/file")
@@ -204,7 +203,7 @@ def test_unknown_model_and_image_are_404(running_stack: RunningStack) -> None:  
     assert image.json()["error"]["code"] == "NOT_FOUND"
 
 
-def test_metrics_are_exported(running_stack: RunningStack, first_generation: dict) -> None:  # noqa: F811
+def test_metrics_are_exported(running_stack: RunningStack, first_generation: dict) -> None:
     s = running_stack.settings
     with running_stack.http() as http:
         gateway_metrics = http.get("/metrics").text

@@ -24,9 +24,6 @@ from services.generator.checkpoint_loader import (
 )
 from services.generator.sd_configs import SD15, TINY
 from services.generator.tiny_model import TinyModelFiles
-from tests.model_fixtures import clip_tokenizer_dir, model_config_root, tiny_model_files
-
-__all__ = ["clip_tokenizer_dir", "model_config_root", "tiny_model_files"]
 
 ARCH_KEY = "sdstack.architecture"
 

@@ -17,9 +17,6 @@ from services.generator.clip_tokenizer import (
     bytes_to_unicode,
     fetch_clip_bpe,
 )
-from tests.model_fixtures import clip_tokenizer_dir
-
-__all__ = ["clip_tokenizer_dir"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.generator.engine import Engine, Failed, Finished, JobHandle, Progress, Queued
 from services.generator.jobs import job_from_request
 from services.generator.model_registry import StoredModel
-from tests.model_fixtures import clip_tokenizer_dir, tiny_model_files  # noqa: F401
 
 MODEL = StoredModel(
     name="tiny",
@@ -42,7 +41,7 @@ class GatedModels:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tiny_model_files) -> StableDiffusionPipeline:  # noqa: F811
+def tiny_pipe(tiny_model_files) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(
         tiny_model_files.diffusers_dir, local_files_only=True
     )

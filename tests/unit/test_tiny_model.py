@@ -16,9 +16,6 @@ from services.generator.checkpoint_layout import PREFIXES
 from services.generator.checkpoint_loader import load_pipeline
 from services.generator.sd_configs import SD15, TINY, SDArchitecture, write_config_folder
 from services.generator.tiny_model import TinyModelFiles, build_tiny_pipeline
-from tests.model_fixtures import clip_tokenizer_dir, model_config_root, tiny_model_files
-
-__all__ = ["clip_tokenizer_dir", "model_config_root", "tiny_model_files"]
 
 PROMPT = "a photo of a cat"
 
