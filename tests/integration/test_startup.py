@@ -17,6 +17,8 @@ import pytest
 from services.common.clients import GeneratorClient
 from services.common.config import settings_env
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.common.s3_server import LocalS3Server
+from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY
 from tests.stack_fixtures import free_ports, stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -73,6 +75,26 @@ def test_unreachable_object_store_names_the_setting(tmp_path: Path) -> None:
     lines = _error_lines(result)
     assert len(lines) == 1, lines
     assert lines[0].startswith("gallery: cannot start: SDSTACK_S3_ENDPOINT: object store at")
+
+
+def test_missing_default_checkpoint_names_the_setting(
+    tmp_path: Path, clip_tokenizer_dir: Path, local_s3: LocalS3Server
+) -> None:
+    settings = stack_settings(
+        tmp_path,
+        clip_tokenizer_dir,
+        s3_endpoint=local_s3.endpoint,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+        install_demo_model=False,
+        default_checkpoint="no-such-model",
+    )
+    result = _run(["services.generator.server"], settings_env(settings))
+    assert result.returncode == 2
+    assert _error_lines(result)[-1] == (
+        "generator: cannot start: SDSTACK_DEFAULT_CHECKPOINT: "
+        "no checkpoint named 'no-such-model' in the store"
+    )
 
 
 def test_taken_port_names_the_setting(tmp_path: Path, clip_tokenizer_dir: Path) -> None:
