@@ -49,11 +49,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 
 MAX_LIMIT = 200
-MAX_OWNER_LENGTH = 255
-MAX_TAG_LENGTH = 100
-MAX_TAGS = 100
-MAX_SEARCH_LENGTH = 1000
-MAX_BOARD_NAME_LENGTH = 200
+MAX_OWNER_LENGTH = 128
+MAX_TAG_LENGTH = 64
+MAX_TAGS = 64
+MAX_SEARCH_LENGTH = 500
+MAX_BOARD_NAME_LENGTH = 100
 MAX_LINEAGE_DEPTH = 100
 SQLITE_BUSY_TIMEOUT_MS = 5000
 

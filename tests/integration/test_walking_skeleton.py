@@ -223,3 +223,13 @@ def test_metrics_are_exported(running_stack: RunningStack, first_generation: dic
     for port in (s.trainer_metrics_port, s.gallery_metrics_port):
         with urllib.request.urlopen(f"http://{s.host}:{port}/metrics") as response:
             assert b"grpc_server_started_total" in response.read()
+
+
+def test_openapi_document_describes_the_routes(running_stack: RunningStack) -> None:
+    with running_stack.http() as http:
+        document = http.get("/openapi.json").json()
+    assert {"/v1/generations", "/v1/images/{image_id}", "/v1/images/{image_id}/file"} <= set(
+        document["paths"]
+    )
+    width = document["components"]["schemas"]["GenerationCreate"]["properties"]["width"]
+    assert (width["minimum"], width["maximum"], width["multipleOf"]) == (64, 2048, 8)
