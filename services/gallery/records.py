@@ -317,7 +317,7 @@ def _check_limit(limit: int) -> int:
 
 
 def _clean_tags(tags: Iterable[str]) -> list[str]:
-    """Tags stripped and de-duplicated (first spelling kept), each 1..100 characters."""
+    """Tags stripped and de-duplicated (first spelling kept), each 1..64 characters."""
     cleaned: dict[str, None] = {}
     for tag in tags:
         text = tag.strip()

@@ -550,3 +550,24 @@ def test_lineage(records: ImageRecords) -> None:
     ancestors, descendants = records.lineage(ALICE, root.id)
     assert ancestors == ()
     assert [row.id for row in descendants] == [middle.id, leaf_a.id, leaf_b.id, grandchild.id]
+
+
+@pytest.mark.parametrize(
+    ("tags", "rule"),
+    [
+        (["x" * 65], "each tag must be at most 64 characters"),
+        ([f"t{i}" for i in range(65)], "must be at most 64 tags"),
+        (["ok", "  "], "must not contain empty tags"),
+    ],
+)
+def test_tags_follow_the_contract_limits(records: ImageRecords, tags: list[str], rule: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        records.add(new_image(tags=tags))
+    assert (caught.value.violations[0].field, caught.value.violations[0].rule) == ("tags", rule)
+    assert records.list(ALICE, limit=10).items == ()
+
+
+def test_owner_longer_than_the_contract_is_refused(records: ImageRecords) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        records.add(new_image(owner="o" * 129))
+    assert caught.value.violations[0].field == "owner"
