@@ -93,6 +93,13 @@ class Cancelled(SdstackError):
     reason = "CANCELLED"
 
 
+class DeadlineExceeded(SdstackError):
+    """The work ran past its deadline and was stopped."""
+
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(SdstackError):
     """A dependency (object store, database, another service) cannot be reached."""
 

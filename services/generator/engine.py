@@ -1,34 +1,41 @@
-"""The generator's core: a bounded priority queue, one worker per device, and the jobs'
-event streams. Transport-agnostic: the servicer translates its events to protobuf.
+"""The generator's core: a bounded priority queue, one worker per device, the jobs' event
+streams, batching of identical requests, deadlines and cancellation.
+
+Transport-agnostic: the servicer translates its events to protobuf.
 """
 
 from __future__ import annotations
 
+import heapq
+import io
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from PIL import Image
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.errors import (
     AlreadyExists,
     Cancelled,
+    DeadlineExceeded,
     FailedPrecondition,
     Overloaded,
     SdstackError,
 )
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
-from services.generator.jobs import Txt2ImgJob
-from services.generator.model_cache import ModelCache
+from services.generator.jobs import GenerationJob, Mode
 from services.generator.model_registry import ModelRegistry, StoredModel
-from services.generator.txt2img import ModelIdentity, RenderedImage, run_txt2img
+from services.generator.renderer import RenderedImage, Renderer
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH_IMAGES = 8
+KEEP_FINISHED_SECONDS = 300.0
 
 QUEUE_DEPTH = Gauge("sdstack_generator_queue_depth", "Jobs waiting to run.")
 JOBS_RUNNING = Gauge("sdstack_generator_jobs_running", "Jobs running now.")
@@ -40,6 +47,9 @@ SECONDS_PER_STEP = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 JOBS_FINISHED = Counter("sdstack_generator_jobs_total", "Jobs ended, by outcome.", ["outcome"])
+BATCHED_JOBS = Counter(
+    "sdstack_generator_batched_jobs_total", "Jobs that ran batched with identical ones."
+)
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,8 @@ class Queued:
 class Progress:
     step: int
     total_steps: int
-    job_no: int
-    job_count: int
     eta_seconds: float
+    preview_jpeg: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -76,8 +85,9 @@ Event = Queued | Progress | Finished | Failed
 class JobHandle:
     """One job and the history of its events; every watcher sees them all, in order."""
 
-    job: Txt2ImgJob
+    job: GenerationJob
     model: StoredModel
+    deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     _events: list[Event] = field(default_factory=list)
@@ -87,6 +97,8 @@ class JobHandle:
         with self._changed:
             self._events.append(event)
             self._changed.notify_all()
+        if isinstance(event, Finished | Failed):
+            self.done.set()
 
     def stream(self) -> Iterator[Event]:
         """The job's events from the first, until it finishes or fails."""
@@ -102,29 +114,71 @@ class JobHandle:
                 if isinstance(event, Finished | Failed):
                     return
 
+    def stop_reason(self) -> SdstackError | None:
+        """Why this job must stop now, if it must."""
+        if self.cancelled.is_set():
+            return Cancelled(f"job {self.job.request_id} was cancelled")
+        if time.monotonic() > self.deadline:
+            return DeadlineExceeded(f"job {self.job.request_id} ran past its deadline")
+        return None
+
+
+def batch_key(handle: JobHandle) -> tuple | None:
+    """Jobs with equal keys make the same pictures but for their seeds: run them as one batch."""
+    job, p = handle.job, handle.job.params
+    if job.mode is not Mode.TXT2IMG or job.hires or p.n_iter != 1 or job.preview_every:
+        return None
+    if p.subseed_strength:
+        return None
+    return (
+        handle.model.sha256,
+        p.prompt,
+        p.negative_prompt,
+        p.loras,
+        p.vae,
+        p.sampler,
+        p.schedule_type,
+        p.steps,
+        p.cfg_scale,
+        p.width,
+        p.height,
+        p.clip_skip,
+        p.eta,
+    )
+
 
 class Engine:
-    def __init__(self, registry: ModelRegistry, cache: ModelCache, queue_size: int) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        renderer: Renderer,
+        queue_size: int,
+        *,
+        default_timeout: float = 600.0,
+    ) -> None:
         self.registry = registry
-        self.cache = cache
+        self.renderer = renderer
         self.queue_size = queue_size
-        self._queue: queue.PriorityQueue[tuple[int, int, JobHandle | None]] = queue.PriorityQueue()
+        self.default_timeout = default_timeout
+        self._waiting: list[tuple[int, int, JobHandle]] = []
         self._order = itertools.count()
         self._jobs: dict[str, JobHandle] = {}
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="generator-worker", daemon=True)
-        self._recent_step_seconds = 1.0
+        self._step_seconds = 1.0
 
     def start(self) -> None:
         self._worker.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Cancels the jobs left (after the server drained), then ends the worker."""
-        with self._lock:
+        with self._wake:
+            self._stopping = True
             for handle in self._jobs.values():
-                if not handle.done.is_set():
-                    handle.cancelled.set()
-        self._queue.put((10**9, next(self._order), None))
+                handle.cancelled.set()
+            self._wake.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
 
@@ -136,19 +190,22 @@ class Engine:
             raise FailedPrecondition("no checkpoint in the store; import one first")
         return models[0]
 
-    def submit(self, job: Txt2ImgJob, model: StoredModel) -> JobHandle:
+    def submit(self, job: GenerationJob, model: StoredModel) -> JobHandle:
         """Queues a job; a full queue raises `Overloaded` with a retry hint."""
-        handle = JobHandle(job, model)
-        with self._lock:
-            if job.request_id in self._jobs and not self._jobs[job.request_id].done.is_set():
+        timeout = job.timeout_seconds or self.default_timeout
+        handle = JobHandle(job, model, deadline=time.monotonic() + timeout)
+        with self._wake:
+            running = self._jobs.get(job.request_id)
+            if running is not None and not running.done.is_set():
                 raise AlreadyExists(f"request_id: a job {job.request_id} is already running")
-            waiting = self._queue.qsize()
+            waiting = len(self._waiting)
             if waiting >= self.queue_size:
-                retry = max(1.0, waiting * job.steps * self._recent_step_seconds / 2)
+                retry = max(1.0, waiting * job.params.steps * self._step_seconds / 2)
                 raise Overloaded(f"the generator queue is full ({waiting} waiting)", retry)
             self._jobs[job.request_id] = handle
-            self._queue.put((-job.priority, next(self._order), handle))
-            QUEUE_DEPTH.set(self._queue.qsize())
+            heapq.heappush(self._waiting, (-job.priority, next(self._order), handle))
+            QUEUE_DEPTH.set(len(self._waiting))
+            self._wake.notify()
         handle.publish(Queued(position=waiting, depth=waiting + 1))
         return handle
 
@@ -163,66 +220,134 @@ class Engine:
         handle.cancelled.set()
         return True
 
+    def _next_batch(self) -> list[JobHandle] | None:
+        """The next job and the identical ones waiting behind it (None when stopping)."""
+        with self._wake:
+            while not self._waiting and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                for _, _, handle in self._waiting:
+                    handle.publish(Failed(Cancelled("the generator is shutting down")))
+                self._waiting.clear()
+                return None
+            _, _, first = heapq.heappop(self._waiting)
+            batch = [first]
+            key = batch_key(first)
+            if key is not None:
+                batch += self._take_matching(key, MAX_BATCH_IMAGES - first.job.params.batch_size)
+            QUEUE_DEPTH.set(len(self._waiting))
+            return batch
+
+    def _take_matching(self, key: tuple, room: int) -> list[JobHandle]:
+        taken, kept = [], []
+        for entry in sorted(self._waiting):
+            handle = entry[2]
+            size = handle.job.params.batch_size
+            if size <= room and batch_key(handle) == key:
+                taken.append(handle)
+                room -= size
+            else:
+                kept.append(entry)
+        if taken:
+            self._waiting[:] = kept
+            heapq.heapify(self._waiting)
+        return taken
+
     def _work(self) -> None:
-        while True:
-            _, _, handle = self._queue.get()
-            QUEUE_DEPTH.set(self._queue.qsize())
-            if handle is None:
-                return
-            token = set_request_id(handle.job.request_id)
+        while (batch := self._next_batch()) is not None:
+            token = set_request_id(batch[0].job.request_id)
             try:
-                self._run(handle)
+                self._run(batch)
             finally:
                 reset_request_id(token)
-                handle.done.set()
-                self._forget_later(handle)
+                for handle in batch:
+                    self._forget_later(handle)
 
-    def _run(self, handle: JobHandle) -> None:
-        if handle.cancelled.is_set():
-            JOBS_FINISHED.labels("cancelled").inc()
-            handle.publish(Failed(Cancelled("cancelled before it started")))
+    def _run(self, batch: list[JobHandle]) -> None:
+        live = [h for h in batch if not self._stopped_early(h)]
+        if not live:
             return
-        JOBS_RUNNING.inc()
+        if len(live) > 1:
+            BATCHED_JOBS.inc(len(live))
+        JOBS_RUNNING.inc(len(live))
         started = time.perf_counter()
         try:
-            images = self._generate(handle)
+            images = self._render(live)
         except SdstackError as error:
-            JOBS_FINISHED.labels(error.reason.lower()).inc()
-            handle.publish(Failed(error))
+            for handle in live:
+                self._fail(handle, handle.stop_reason() or error)
         except Exception:
             log.exception("generation failed")
-            JOBS_FINISHED.labels("internal").inc()
-            handle.publish(Failed(SdstackError("generation failed; see the generator log")))
+            for handle in live:
+                self._fail(handle, SdstackError("generation failed; see the generator log"))
         else:
-            JOBS_FINISHED.labels("ok").inc()
-            IMAGES_GENERATED.labels(handle.model.name).inc(len(images))
-            elapsed = time.perf_counter() - started
-            log.info("made %d images in %.2fs", len(images), elapsed)
-            handle.publish(Finished(images, elapsed, handle.model))
+            self._finish(live, images, time.perf_counter() - started)
         finally:
-            JOBS_RUNNING.dec()
+            JOBS_RUNNING.dec(len(live))
 
-    def _generate(self, handle: JobHandle) -> list[RenderedImage]:
-        job, model = handle.job, handle.model
-        pipe = self.cache.pipeline(model)
+    def _render(self, live: list[JobHandle]) -> list[RenderedImage]:
+        first = live[0]
+        job = first.job
+        if len(live) > 1:
+            seeds = tuple(s for h in live for s in h.job.params.seeds())
+            params = replace(job.params, batch_size=len(seeds), explicit_seeds=seeds)
+            job = replace(job, params=params)
         last = time.perf_counter()
-        total = job.steps * job.n_iter
+        preview: list[bytes] = [b""]
 
-        def on_step(step: int, steps: int, batch_no: int) -> None:
+        def on_step(done: int, total: int) -> None:
             nonlocal last
             now = time.perf_counter()
-            SECONDS_PER_STEP.labels(model.name).observe(now - last)
-            self._recent_step_seconds = now - last
-            last = now
-            done = (batch_no - 1) * steps + step
-            eta = (total - done) * self._recent_step_seconds
-            handle.publish(Progress(step, steps, batch_no, job.n_iter, eta))
-            if handle.cancelled.is_set():
-                raise Cancelled(f"job {job.request_id} was cancelled")
+            SECONDS_PER_STEP.labels(first.model.name).observe(now - last)
+            self._step_seconds, last = now - last, now
+            event = Progress(done, total, (total - done) * self._step_seconds, preview[0])
+            preview[0] = b""
+            for handle in live:
+                if handle.done.is_set():
+                    continue
+                reason = handle.stop_reason()
+                if reason is None:
+                    handle.publish(event)
+                elif len(live) > 1:
+                    self._fail(handle, reason)
+            if all(h.done.is_set() or h.stop_reason() for h in live):
+                raise live[0].stop_reason() or Cancelled("every job of the batch was cancelled")
 
-        return run_txt2img(pipe, job, ModelIdentity(model.name, model.sha256), on_step)
+        def on_preview(image: Image.Image) -> None:
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="JPEG", quality=70)
+            preview[0] = out.getvalue()
 
-    def _forget_later(self, handle: JobHandle, keep_seconds: float = 300.0) -> None:
+        return self.renderer.render(job, first.model, on_step, on_preview)
+
+    def _finish(self, live: list[JobHandle], images: list[RenderedImage], elapsed: float) -> None:
+        offset = 0
+        for handle in live:
+            count = handle.job.params.image_count
+            own = [
+                replace(image, index=i) for i, image in enumerate(images[offset : offset + count])
+            ]
+            offset += count
+            if handle.done.is_set():
+                continue
+            JOBS_FINISHED.labels("ok").inc()
+            IMAGES_GENERATED.labels(handle.model.name).inc(len(own))
+            handle.publish(Finished(own, elapsed, handle.model))
+        log.info("made %d images in %.2fs (%d jobs)", len(images), elapsed, len(live))
+
+    def _stopped_early(self, handle: JobHandle) -> bool:
+        reason = handle.stop_reason()
+        if reason is not None:
+            self._fail(handle, reason)
+        return reason is not None
+
+    def _fail(self, handle: JobHandle, error: SdstackError) -> None:
+        if handle.done.is_set():
+            return
+        JOBS_FINISHED.labels(error.reason.lower()).inc()
+        handle.publish(Failed(error))
+
+    def _forget_later(self, handle: JobHandle) -> None:
         """Finished jobs stay watchable for a while, then are dropped."""
 
         def forget() -> None:
@@ -230,6 +355,6 @@ class Engine:
                 if self._jobs.get(handle.job.request_id) is handle:
                     del self._jobs[handle.job.request_id]
 
-        timer = threading.Timer(keep_seconds, forget)
+        timer = threading.Timer(KEEP_FINISHED_SECONDS, forget)
         timer.daemon = True
         timer.start()

@@ -16,9 +16,11 @@ from services.common.proto.sdstack.v1 import generator_pb2_grpc
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
 from services.generator.engine import Engine
+from services.generator.image_inputs import image_resolver
 from services.generator.model_cache import ModelCache
 from services.generator.model_registry import ModelRegistry
 from services.generator.model_validation import validate_model_file
+from services.generator.renderer import Renderer
 from services.generator.servicer import GeneratorServicer
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,13 @@ def build(settings: Settings) -> GrpcServer:
         device=device,
         dtype=torch.float16 if device.type == "cuda" else torch.float32,
     )
-    engine = Engine(registry, cache, settings.queue_size)
+    renderer = Renderer(registry, cache)
+    engine = Engine(
+        registry,
+        renderer,
+        settings.queue_size,
+        default_timeout=settings.request_timeout_seconds,
+    )
     servicer = GeneratorServicer(
         engine,
         registry,
@@ -68,6 +76,7 @@ def build(settings: Settings) -> GrpcServer:
         validate_model=lambda path, kind, fmt: validate_model_file(
             path, kind, fmt, config_root=cache.cache_dir / "configs", tokenizer_dir=tokenizer_dir
         ),
+        resolve_image=image_resolver(store, settings.max_pixels),
     )
     server = start_grpc_service(
         settings,

@@ -10,10 +10,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from services.common.errors import InvalidArgument, NotFound
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
-from services.generator.jobs import job_from_request
+from services.generator.jobs import ImageResolver, job_from_request
 from services.generator.model_registry import ModelRegistry, StoredModel, Validator
+from services.generator.renderer import RenderedImage
 from services.generator.samplers import SAMPLERS
-from services.generator.txt2img import RenderedImage
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -46,15 +46,15 @@ def event_message(request_id: str, event: Event) -> generator_pb2.GenerateEvent:
             generator_pb2.QueuedEvent(position=event.position, queue_depth=event.depth)
         )
     elif isinstance(event, Progress):
-        done = (event.job_no - 1) * event.total_steps + event.step
         message.progress.CopyFrom(
             common_pb2.ProgressEvent(
                 step=event.step,
                 total_steps=event.total_steps,
-                job_no=event.job_no,
-                job_count=event.job_count,
-                progress=done / (event.total_steps * event.job_count),
+                job_no=1,
+                job_count=1,
+                progress=event.step / event.total_steps,
                 eta=_duration(event.eta_seconds),
+                preview_jpeg=event.preview_jpeg,
             )
         )
     elif isinstance(event, Finished):
@@ -71,6 +71,8 @@ def _image(image: RenderedImage, finished: Finished) -> common_pb2.GeneratedImag
     return common_pb2.GeneratedImage(
         png=image.png,
         seed=image.seed,
+        subseed=image.subseed,
+        subseed_strength=image.subseed_strength,
         width=image.width,
         height=image.height,
         infotext=image.infotext,
@@ -88,20 +90,22 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         max_pixels: int,
         default_checkpoint: str,
         validate_model: Validator,
+        resolve_image: ImageResolver,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.max_pixels = max_pixels
         self.default_checkpoint = default_checkpoint
         self.validate_model = validate_model
+        self.resolve_image = resolve_image
 
     def Generate(
         self, request: generator_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[generator_pb2.GenerateEvent]:
-        job = job_from_request(request, self.max_pixels)
+        job = job_from_request(request, self.max_pixels, self.resolve_image)
         model = (
-            self.registry.find(common_pb2.MODEL_KIND_CHECKPOINT, job.model)
-            if job.model
+            self.registry.find(common_pb2.MODEL_KIND_CHECKPOINT, job.params.model)
+            if job.params.model
             else self.engine.default_checkpoint(self.default_checkpoint)
         )
         handle = self.engine.submit(job, model)
@@ -187,4 +191,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def ListUpscalers(
         self, request: generator_pb2.ListUpscalersRequest, context: grpc.ServicerContext
     ) -> generator_pb2.ListUpscalersResponse:
-        return generator_pb2.ListUpscalersResponse(upscalers=[])
+        models = self.registry.list([common_pb2.MODEL_KIND_UPSCALER])
+        return generator_pb2.ListUpscalersResponse(
+            upscalers=[
+                generator_pb2.UpscalerInfo(name="Lanczos"),
+                generator_pb2.UpscalerInfo(name="Latent"),
+                *(generator_pb2.UpscalerInfo(name=m.name, model_name=m.name) for m in models),
+            ]
+        )

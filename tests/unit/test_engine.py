@@ -5,14 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
+from google.protobuf import duration_pb2
+from PIL import Image
+from prometheus_client import REGISTRY
 
-from services.common.errors import AlreadyExists, Cancelled, Overloaded
+from services.common.errors import AlreadyExists, Cancelled, DeadlineExceeded, Overloaded
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.generator.engine import Engine, Failed, Finished, JobHandle, Progress, Queued
-from services.generator.jobs import job_from_request
+from services.generator.jobs import GenerationJob, job_from_request
 from services.generator.model_registry import StoredModel
+from services.generator.renderer import Renderer
 
 MODEL = StoredModel(
     name="tiny",
@@ -28,6 +34,8 @@ MODEL = StoredModel(
 
 class GatedModels:
     """Hands out the tiny pipeline once `gate` opens, so a test decides when work starts."""
+
+    device = torch.device("cpu")
 
     def __init__(self, pipe: StableDiffusionPipeline) -> None:
         self.pipe = pipe
@@ -56,18 +64,22 @@ def models(tiny_pipe: StableDiffusionPipeline) -> GatedModels:
 
 @pytest.fixture
 def engine(models: GatedModels) -> Iterator[Engine]:
-    engine = Engine(registry=None, cache=models, queue_size=1)  # type: ignore[arg-type]
+    renderer = Renderer(registry=None, cache=models)  # type: ignore[arg-type]
+    engine = Engine(registry=None, renderer=renderer, queue_size=1)  # type: ignore[arg-type]
     engine.start()
     yield engine
     models.gate.set()
     engine.stop()
 
 
-def _job(request_id: str, priority: int = 0, steps: int = 2):
+def _job(
+    request_id: str, priority: int = 0, steps: int = 2, seed: int = 1, **options: object
+) -> GenerationJob:
     request = generator_pb2.GenerateRequest(
         request_id=request_id,
         priority=priority,
-        params=common_pb2.GenerationParams(prompt="x", seed=1, width=64, height=64, steps=steps),
+        params=common_pb2.GenerationParams(prompt="x", seed=seed, width=64, height=64, steps=steps),
+        **options,
     )
     return job_from_request(request, 1 << 20)
 
@@ -135,8 +147,8 @@ def test_progress_counts_every_step(engine: Engine, models: GatedModels) -> None
     models.gate.set()
     handle = engine.submit(_job("steps", steps=3), MODEL)
     events = list(handle.stream())
-    steps = [e.step for e in events if isinstance(e, Progress)]
-    assert steps == [1, 2, 3]
+    steps = [(e.step, e.total_steps) for e in events if isinstance(e, Progress)]
+    assert steps == [(1, 3), (2, 3), (3, 3)]
     assert isinstance(events[-1], Finished)
 
 
@@ -146,3 +158,39 @@ def test_reusing_a_running_request_id_is_refused(engine: Engine, models: GatedMo
     with pytest.raises(AlreadyExists, match="already running"):
         engine.submit(_job("same"), MODEL)
     models.gate.set()
+
+
+def _pixels(image_png: bytes) -> np.ndarray:
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(image_png)).convert("RGB")).astype(int)
+
+
+def test_identical_requests_run_as_one_batch(engine: Engine, models: GatedModels) -> None:
+    engine.queue_size = 8
+    blocker = engine.submit(_job("blocker", seed=100), MODEL)
+    assert models.asked.wait(10)
+    followers = [engine.submit(_job(f"same-{i}", seed=10 + i), MODEL) for i in range(3)]
+    before = REGISTRY.get_sample_value("sdstack_generator_batched_jobs_total") or 0
+    models.gate.set()
+    assert isinstance(_outcome(blocker), Finished)
+    outcomes = [_outcome(h) for h in followers]
+    assert REGISTRY.get_sample_value("sdstack_generator_batched_jobs_total") == before + 3
+    for i, outcome in enumerate(outcomes):
+        assert isinstance(outcome, Finished)
+        assert [(image.seed, image.index) for image in outcome.images] == [(10 + i, 0)]
+    alone = _outcome(engine.submit(_job("alone", seed=11), MODEL))
+    assert isinstance(alone, Finished)
+    difference = np.abs(_pixels(alone.images[0].png) - _pixels(outcomes[1].images[0].png))
+    assert difference.max() <= 1
+
+
+def test_a_job_past_its_deadline_fails_cleanly(engine: Engine, models: GatedModels) -> None:
+    engine.queue_size = 2
+    engine.submit(_job("blocker"), MODEL)
+    assert models.asked.wait(10)
+    late = engine.submit(_job("late", timeout=duration_pb2.Duration(nanos=1_000_000)), MODEL)
+    models.gate.set()
+    outcome = _outcome(late)
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.error, DeadlineExceeded)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
+from PIL import Image
 
-from services.common.errors import InvalidArgument, Unimplemented
+from services.common.errors import InvalidArgument
+from services.common.images import decode_image
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.generator.jobs import MAX_SEED, job_from_request
 from services.generator.samplers import SAMPLERS, resolve_sampler
@@ -19,21 +22,21 @@ def _request(**params: object) -> generator_pb2.GenerateRequest:
 
 
 def test_defaults_follow_a1111() -> None:
-    job = job_from_request(_request(prompt="a house", seed=7), MAX_PIXELS)
-    assert (job.width, job.height, job.steps, job.cfg_scale) == (512, 512, 20, 7.0)
-    assert job.sampler == "Euler a"
-    assert job.seeds() == [7]
+    params = job_from_request(_request(prompt="a house", seed=7), MAX_PIXELS).params
+    assert (params.width, params.height, params.steps, params.cfg_scale) == (512, 512, 20, 7.0)
+    assert params.sampler == "Euler a"
+    assert params.seeds() == [7]
 
 
 def test_batch_seeds_are_consecutive() -> None:
     job = job_from_request(_request(seed=100, batch_size=4, n_iter=2), MAX_PIXELS)
-    assert job.seeds() == list(range(100, 108))
+    assert job.params.seeds() == list(range(100, 108))
 
 
 @pytest.mark.parametrize("seed", [None, -1])
 def test_random_seed_is_drawn_in_range(seed: int | None) -> None:
     request = _request() if seed is None else _request(seed=seed)
-    seeds = {job_from_request(request, MAX_PIXELS).seed for _ in range(20)}
+    seeds = {job_from_request(request, MAX_PIXELS).params.seed for _ in range(20)}
     assert all(0 <= s <= MAX_SEED for s in seeds)
     assert len(seeds) > 1
 
@@ -76,11 +79,90 @@ def test_bad_request_id_is_refused() -> None:
     assert raised.value.violations[0].field == "request_id"
 
 
-def test_modes_not_built_yet_say_so() -> None:
+def _png(size: tuple[int, int], color: str = "gray", mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _resolve(ref: common_pb2.ImageRef, field: str) -> Image.Image:
+    return decode_image(ref.data, field, max_pixels=MAX_PIXELS * 4)
+
+
+def test_img2img_defaults_to_the_source_size_rounded_to_8() -> None:
+    request = _request(seed=1)
+    request.mode = generator_pb2.GENERATION_MODE_IMG2IMG
+    request.img2img.init_image.data = _png((203, 131))
+    job = job_from_request(request, MAX_PIXELS, _resolve)
+    assert (job.params.width, job.params.height) == (200, 128)
+    assert job.img2img is not None and job.img2img.strength == 0.75
+
+
+@pytest.mark.parametrize(
+    ("mode", "field"),
+    [
+        (generator_pb2.GENERATION_MODE_IMG2IMG, "img2img.init_image"),
+        (generator_pb2.GENERATION_MODE_INPAINT, "inpaint.mask"),
+        (generator_pb2.GENERATION_MODE_UPSCALE, "upscale.image"),
+        (generator_pb2.GENERATION_MODE_VARIATION, "variation.source"),
+    ],
+)
+def test_each_mode_names_its_missing_image(mode: int, field: str) -> None:
     request = _request()
-    request.mode = generator_pb2.GENERATION_MODE_INPAINT
-    with pytest.raises(Unimplemented, match="INPAINT"):
+    request.mode = mode
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(request, MAX_PIXELS, _resolve)
+    assert field in [v.field for v in raised.value.violations]
+
+
+def test_corrupt_init_image_names_the_field() -> None:
+    request = _request()
+    request.mode = generator_pb2.GENERATION_MODE_IMG2IMG
+    request.img2img.init_image.data = _png((64, 64))[:40]
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(request, MAX_PIXELS, _resolve)
+    assert raised.value.violations[0].field == "img2img.init_image"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"img2img": {"denoising_strength": 1.5}}, "img2img.denoising_strength"),
+        ({"inpaint": {"mask_blur": 65}}, "inpaint.mask_blur"),
+        ({"hires": {"enabled": True, "scale": 9}}, "hires.scale"),
+        ({"hires": {"enabled": True, "scale": 1.5, "sampler": "nope"}}, "hires.sampler"),
+    ],
+)
+def test_mode_options_are_checked(options: dict, field: str) -> None:
+    request = generator_pb2.GenerateRequest(
+        mode=generator_pb2.GENERATION_MODE_INPAINT,
+        params=common_pb2.GenerationParams(seed=1),
+        img2img={"init_image": {"data": _png((64, 64))}},
+        inpaint={"mask": {"data": _png((64, 64), "white")}},
+    )
+    if "hires" in options:
+        request.mode = generator_pb2.GENERATION_MODE_TXT2IMG
+    merged = generator_pb2.GenerateRequest(**options)
+    request.MergeFrom(merged)
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(request, MAX_PIXELS, _resolve)
+    assert field in [v.field for v in raised.value.violations]
+
+
+def test_prompt_lora_tags_become_loras() -> None:
+    job = job_from_request(_request(prompt="a room <lora:oak:0.6>, warm"), MAX_PIXELS)
+    assert [(lora.name, lora.unet_weight) for lora in job.params.loras] == [("oak", 0.6)]
+    assert "<lora" not in job.params.prompt
+    assert job.params.original_prompt == "a room <lora:oak:0.6>, warm"
+
+
+def test_hires_result_must_fit_the_pixel_budget() -> None:
+    request = _request(width=1024, height=1024)
+    request.hires.enabled = True
+    request.hires.scale = 2
+    with pytest.raises(InvalidArgument) as raised:
         job_from_request(request, MAX_PIXELS)
+    assert raised.value.violations[0].field == "hires.scale"
 
 
 def test_sampler_names_map_to_diffusers_schedulers() -> None:

@@ -1,0 +1,410 @@
+"""A1111 prompt syntax: emphasis weights, `BREAK`, LoRA tags, and long-prompt encoding.
+
+Follows AUTOMATIC1111's `modules/prompt_parser.py` (emphasis), `modules/extra_networks.py` and
+the built-in Lora extension (extra-network tags) and `modules/sd_hijack_clip.py` (75-token
+chunks, comma backtracking, "Original" emphasis), so a prompt written for A1111 conditions the
+model the same way here.
+
+Not handled yet: prompt editing `[from:to:when]`, alternation `[a|b]` and composition `AND`.
+Such text is not interpreted: the brackets are read as emphasis brackets by A1111's own rules
+(so `[cat:dog:0.5]` is the text `cat:dog:0.5` weighted 1/1.1) and `AND` is an ordinary word.
+It never raises. Textual-inversion embeddings and comment lines are not handled either.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from services.common.errors import InvalidArgument
+
+PROMPT_FIELD = "params.prompt"
+NEGATIVE_PROMPT_FIELD = "params.negative_prompt"
+CLIP_SKIP_FIELD = "params.clip_skip"
+
+CHUNK_TOKENS = 75
+"""Prompt tokens per chunk; each chunk is encoded as BOS + 75 tokens + EOS = 77 positions."""
+MAX_PROMPT_CHUNKS = 32
+MAX_PROMPT_TOKENS = MAX_PROMPT_CHUNKS * CHUNK_TOKENS
+COMMA_BACKTRACK = 20
+"""A1111's `comma_padding_backtrack` default: how far back a chunk overflow looks for a comma."""
+
+ROUND_MULTIPLIER = 1.1
+SQUARE_MULTIPLIER = 1 / 1.1
+BREAK_TEXT = "BREAK"
+BREAK_WEIGHT = -1.0
+
+_ATTENTION_TOKEN = re.compile(
+    r"""
+    \\[()\[\]\\]          # escaped bracket or backslash: a literal character
+    | \\                  # a lone backslash: dropped
+    | [(\[]               # opening bracket
+    | :([+-]?[.\d]+)\)    # `:weight)` closes a round bracket with an explicit weight
+    | [)\]]               # closing bracket
+    | [^\\()\[\]:]+       # plain text
+    | :                   # a colon that is not a weight
+    """,
+    re.VERBOSE,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+_LORA_TYPES = frozenset({"lora", "lyco"})
+
+
+class _Weights:
+    """Fragments and their weights while parsing.
+
+    A1111 multiplies the weights of every fragment since a bracket opened when it closes. The
+    ranges are recorded and applied at the end in the same order with numpy, which gives the
+    same float64 products without the quadratic Python loop on adversarial prompts.
+    """
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.initial: list[float] = []
+        self.ranges: list[tuple[int, int, float]] = []
+
+    def append(self, text: str, weight: float) -> None:
+        self.texts.append(text)
+        self.initial.append(weight)
+
+    def multiply_from(self, start: int, multiplier: float) -> None:
+        self.ranges.append((start, len(self.texts), multiplier))
+
+    def resolve(self) -> list[float]:
+        weights = np.array(self.initial, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start, end, multiplier in self.ranges:
+                weights[start:end] *= multiplier
+        return weights.tolist()
+
+
+def parse_prompt_attention(text: str, field: str = PROMPT_FIELD) -> list[tuple[str, float]]:
+    """Split `text` into (fragment, weight) pairs by A1111's emphasis rules.
+
+    `(x)` ×1.1, `(x:w)` ×w, `[x]` ÷1.1, nested brackets multiply, unclosed brackets close at the
+    end, `\\(` `\\)` `\\[` `\\]` `\\\\` are literal. A standalone uppercase `BREAK` gives the marker
+    `("BREAK", -1.0)`; like A1111, a `BREAK` inside brackets gets multiplied too and is then
+    just text. Adjacent fragments of equal weight are merged. A weight that is not a number
+    raises `InvalidArgument(field, ...)` (A1111 raises a ValueError there).
+    """
+    parts = _Weights()
+    round_open: list[int] = []
+    square_open: list[int] = []
+    for match in _ATTENTION_TOKEN.finditer(text):
+        _apply_token(match, parts, round_open, square_open, field)
+    for start in round_open:
+        parts.multiply_from(start, ROUND_MULTIPLIER)
+    for start in square_open:
+        parts.multiply_from(start, SQUARE_MULTIPLIER)
+    weights = parts.resolve()
+    if not all(math.isfinite(w) for w in weights):
+        raise InvalidArgument(field, "emphasis weights must be finite numbers")
+    return _merge_equal(list(zip(parts.texts, weights, strict=True)) or [("", 1.0)])
+
+
+def _apply_token(
+    match: re.Match[str],
+    parts: _Weights,
+    round_open: list[int],
+    square_open: list[int],
+    field: str,
+) -> None:
+    token, weight = match.group(0), match.group(1)
+    if token.startswith("\\"):
+        parts.append(token[1:], 1.0)
+    elif token == "(":
+        round_open.append(len(parts.texts))
+    elif token == "[":
+        square_open.append(len(parts.texts))
+    elif weight is not None and round_open:
+        parts.multiply_from(round_open.pop(), _parse_emphasis_weight(weight, field))
+    elif token == ")" and round_open:
+        parts.multiply_from(round_open.pop(), ROUND_MULTIPLIER)
+    elif token == "]" and square_open:
+        parts.multiply_from(square_open.pop(), SQUARE_MULTIPLIER)
+    else:
+        _append_plain(token, parts)
+
+
+def _parse_emphasis_weight(weight: str, field: str) -> float:
+    try:
+        return float(weight)
+    except ValueError:
+        raise InvalidArgument(field, f"emphasis weight {weight!r} is not a number") from None
+
+
+def _append_plain(token: str, parts: _Weights) -> None:
+    for index, piece in enumerate(_BREAK.split(token)):
+        if index > 0:
+            parts.append(BREAK_TEXT, BREAK_WEIGHT)
+        parts.append(piece, 1.0)
+
+
+def _merge_equal(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    merged: list[tuple[str, float]] = []
+    for text, weight in pairs:
+        if merged and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + text, weight)
+        else:
+            merged.append((text, weight))
+    return merged
+
+
+def _is_break(text: str, weight: float) -> bool:
+    return text == BREAK_TEXT and weight == BREAK_WEIGHT
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    """One `<lora:…>` tag: the LoRA's name and its text-encoder and U-Net multipliers."""
+
+    name: str
+    unet_weight: float
+    te_weight: float
+
+
+def extract_lora_tags(prompt: str, field: str = PROMPT_FIELD) -> tuple[str, list[LoraTag]]:
+    """Remove A1111 extra-network tags from `prompt`; return the rest and the LoRA tags in order.
+
+    Syntaxes: `<lora:name>` (1.0), `<lora:name:w>` (te = unet = w), `<lora:name:te:unet>`, and
+    named `te=` / `unet=` (overriding the positional ones). `lyco` is an alias of `lora`. Like
+    A1111, every `<type:args>` tag is removed from the text; other types are ignored here, as is
+    the `dyn` argument.
+    """
+    tags: list[LoraTag] = []
+
+    def take(match: re.Match[str]) -> str:
+        if match.group(1) in _LORA_TYPES:
+            tags.append(_lora_tag(match.group(2).split(":"), field))
+        return ""
+
+    return _EXTRA_NETWORK.sub(take, prompt), tags
+
+
+def strip_extra_networks(prompt: str) -> str:
+    """`prompt` without extra-network tags, without checking them (for token counters)."""
+    return _EXTRA_NETWORK.sub("", prompt)
+
+
+def _lora_tag(items: list[str], field: str) -> LoraTag:
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for item in items:
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            named[parts[0]] = parts[1]
+        else:
+            positional.append(item)
+    if not positional:
+        raise InvalidArgument(field, "a <lora:…> tag needs a name")
+    name = _lora_name(positional[0], field)
+    te = _lora_weight(positional[1], field) if len(positional) > 1 else 1.0
+    te = _lora_weight(named["te"], field) if "te" in named else te
+    unet = _lora_weight(positional[2], field) if len(positional) > 2 else te
+    unet = _lora_weight(named["unet"], field) if "unet" in named else unet
+    return LoraTag(name=name, unet_weight=unet, te_weight=te)
+
+
+def _lora_name(raw: str, field: str) -> str:
+    name = raw.strip()
+    if not name:
+        raise InvalidArgument(field, "a <lora:…> tag needs a name")
+    if "/" in name or "\\" in name or ".." in name or not name.isprintable():
+        raise InvalidArgument(field, f"LoRA name {name!r} must not contain a path")
+    return name
+
+
+def _lora_weight(raw: str, field: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(field, f"LoRA weight {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InvalidArgument(field, f"LoRA weight {raw!r} is not a finite number")
+    return value
+
+
+@dataclass
+class _Chunk:
+    tokens: list[int]
+    weights: list[float]
+
+
+class _Chunker:
+    """A1111's `tokenize_line`: weighted tokens into chunks of at most 75 tokens.
+
+    A chunk ends at `BREAK` or when full; when full and a comma lies within the last 20 tokens,
+    the tokens after that comma move to the next chunk so a phrase is not cut in half.
+    """
+
+    def __init__(self, comma_token: int | None) -> None:
+        self.comma_token = comma_token
+        self.chunks: list[_Chunk] = []
+        self.current = _Chunk([], [])
+        self.last_comma = -1
+        self.token_count = 0
+
+    def close(self, is_last: bool = False) -> None:
+        self.token_count += len(self.current.tokens) if is_last else CHUNK_TOKENS
+        self.chunks.append(self.current)
+        self.current = _Chunk([], [])
+        self.last_comma = -1
+
+    def add(self, token: int, weight: float) -> None:
+        chunk = self.current
+        if token == self.comma_token:
+            self.last_comma = len(chunk.tokens)
+        elif self._backtrack_applies():
+            cut = self.last_comma + 1
+            moved = _Chunk(chunk.tokens[cut:], chunk.weights[cut:])
+            del chunk.tokens[cut:], chunk.weights[cut:]
+            self.close()
+            self.current = moved
+        if len(self.current.tokens) == CHUNK_TOKENS:
+            self.close()
+        self.current.tokens.append(token)
+        self.current.weights.append(weight)
+
+    def _backtrack_applies(self) -> bool:
+        size = len(self.current.tokens)
+        return (
+            size == CHUNK_TOKENS
+            and self.last_comma != -1
+            and size - self.last_comma <= COMMA_BACKTRACK
+        )
+
+    def finish(self) -> list[_Chunk]:
+        if self.current.tokens or not self.chunks:
+            self.close(is_last=True)
+        return self.chunks
+
+
+class PromptEncoder:
+    """Encodes A1111-syntax prompts of any length into CLIP embeddings for a diffusers pipeline.
+
+    The result has 77 positions per 75-token chunk and can be passed as `prompt_embeds` /
+    `negative_prompt_embeds`. Plain prompts of one chunk give exactly diffusers' own encoding.
+    LoRA tags must be removed first (`extract_lora_tags`); `encode` reads them as text.
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.id_start: int = tokenizer.bos_token_id
+        self.id_end: int = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.id_pad: int = self.id_end if pad is None else pad
+        self.comma_token: int | None = tokenizer.get_vocab().get(",</w>")
+
+    def count_tokens(self, prompt: str) -> int:
+        """A1111's token counter: full chunks count 75, the last one its real length.
+
+        Extra-network tags are ignored, as in A1111's UI counter; no length limit applies.
+        """
+        _, count = self._chunks(strip_extra_networks(prompt), PROMPT_FIELD)
+        return count
+
+    def encode(self, prompt: str, clip_skip: int = 1, field: str = PROMPT_FIELD) -> torch.Tensor:
+        """`[1, 77 * chunks, hidden]` embeddings of `prompt` on the text encoder's device."""
+        chunks, _ = self._chunks(prompt, field)
+        if len(chunks) > MAX_PROMPT_CHUNKS:
+            raise InvalidArgument(field, f"longer than {MAX_PROMPT_TOKENS} tokens")
+        return self._encode_chunks(chunks, clip_skip)
+
+    def encode_pair(
+        self, prompt: str, negative: str, clip_skip: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and negative embeddings padded to the same length with empty-prompt chunks.
+
+        As A1111's `pad_cond_uncond`: the shorter one is extended by repeating the encoding of
+        the empty prompt, so both can go through the U-Net in one batch.
+        """
+        positive = self.encode(prompt, clip_skip, PROMPT_FIELD)
+        negative_embeds = self.encode(negative, clip_skip, NEGATIVE_PROMPT_FIELD)
+        length = max(positive.shape[1], negative_embeds.shape[1])
+        return self._pad_to(positive, length, clip_skip), self._pad_to(
+            negative_embeds, length, clip_skip
+        )
+
+    def _pad_to(self, embeds: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
+        missing = (length - embeds.shape[1]) // (CHUNK_TOKENS + 2)
+        if missing == 0:
+            return embeds
+        empty = self.encode("", clip_skip)
+        return torch.cat([embeds, *([empty] * missing)], dim=1)
+
+    def _chunks(self, prompt: str, field: str) -> tuple[list[_Chunk], int]:
+        parsed = parse_prompt_attention(prompt, field)
+        texts = [text for text, weight in parsed if not _is_break(text, weight)]
+        token_lists = iter(self._tokenize(texts))
+        chunker = _Chunker(self.comma_token)
+        for text, weight in parsed:
+            if _is_break(text, weight):
+                chunker.close()
+                continue
+            for token in next(token_lists):
+                chunker.add(token, weight)
+        chunks = chunker.finish()
+        return chunks, chunker.token_count
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )
+        return encoded["input_ids"]
+
+    def _wrap(self, chunk: _Chunk) -> tuple[list[int], list[float]]:
+        """BOS + tokens + EOS padding to 75 + EOS; positions after the first EOS get the pad
+        token when the tokenizer has its own (SD 2.x), as A1111 and diffusers both do."""
+        padding = CHUNK_TOKENS - len(chunk.tokens)
+        body = [*chunk.tokens, self.id_end, *([self.id_pad] * padding)]
+        return [self.id_start, *body], [1.0, *chunk.weights, *([1.0] * (padding + 1))]
+
+    def _check_clip_skip(self, clip_skip: int) -> None:
+        layers = self.text_encoder.config.num_hidden_layers
+        if not 1 <= clip_skip <= layers:
+            raise InvalidArgument(CLIP_SKIP_FIELD, f"must be between 1 and {layers}")
+
+    @torch.no_grad()
+    def _encode_chunks(self, chunks: list[_Chunk], clip_skip: int) -> torch.Tensor:
+        self._check_clip_skip(clip_skip)
+        wrapped = [self._wrap(chunk) for chunk in chunks]
+        device = self.text_encoder.device
+        ids = torch.tensor([tokens for tokens, _ in wrapped], dtype=torch.long, device=device)
+        weights = torch.tensor([w for _, w in wrapped], dtype=torch.float32, device=device)
+        hidden = self._hidden_states(ids, clip_skip)
+        weighted = _apply_emphasis(hidden, weights).to(self.text_encoder.dtype)
+        return weighted.reshape(1, -1, weighted.shape[-1])
+
+    def _hidden_states(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
+        """A1111 "Clip skip" N > 1 takes the N-th last hidden state through the final layer norm
+        (what diffusers calls `clip_skip=N-1`)."""
+        if clip_skip == 1:
+            return self.text_encoder(input_ids=ids).last_hidden_state
+        outputs = self.text_encoder(input_ids=ids, output_hidden_states=True)
+        return self._final_layer_norm(outputs.hidden_states[-clip_skip])
+
+    def _final_layer_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """transformers 5 keeps the layer norm on `CLIPTextModel` itself; 4.x on `text_model`."""
+        owner = getattr(self.text_encoder, "text_model", self.text_encoder)
+        return owner.final_layer_norm(hidden)
+
+
+def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis, per chunk: scale each position by its weight, then rescale
+    so the chunk's mean is what it was before weighting (computed in float32)."""
+    z = hidden.float()
+    original_mean = z.mean(dim=(1, 2), keepdim=True)
+    z = z * weights.unsqueeze(-1)
+    new_mean = z.mean(dim=(1, 2), keepdim=True)
+    ratio = torch.where(new_mean == 0, torch.ones_like(new_mean), original_mean / new_mean)
+    return z * ratio

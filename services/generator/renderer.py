@@ -1,0 +1,383 @@
+"""Turns one validated job into finished PNGs on a loaded checkpoint.
+
+The recipe, in order: the checkpoint's pipeline (from the cache) → the job's LoRAs as peft
+adapters (switched, never reloaded) → the VAE → A1111-weighted prompt embeddings → the
+mode's sampling (`modes.py`), batch by batch → the infotext and the PNG of each image.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from PIL import Image
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.infotext import format_infotext, format_lora_hashes, png_with_infotext
+from services.common.proto.sdstack.v1 import common_pb2
+from services.generator import modes
+from services.generator.jobs import GenerationJob, Mode, Params
+from services.generator.loras import LoraAdapters, LoraRequest
+from services.generator.model_cache import ModelCache
+from services.generator.model_registry import ModelRegistry, StoredModel
+from services.generator.prompts import PromptEncoder
+from services.generator.samplers import make_scheduler, resolve_sampler
+from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
+from services.generator.vaes import load_vae
+
+VERSION = "sdstack 0.1.0"
+BUILTIN_UPSCALERS = ("Lanczos",)
+LATENT_UPSCALER = "Latent"
+VARIATION_STRENGTHS = {"subtle": 0.5, "strong": 0.85}
+
+StepCallback = Callable[[int, int], None]
+"""Called after every denoising step with (steps done in the job, steps in the job)."""
+PreviewCallback = Callable[[Image.Image], None]
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    png: bytes
+    seed: int
+    subseed: int
+    subseed_strength: float
+    width: int
+    height: int
+    infotext: str
+    index: int
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """The files a job uses besides its checkpoint: LoRAs and VAE, with their hashes."""
+
+    loras: list[tuple[StoredModel, float, float]]
+    vae: StoredModel | None
+
+
+class Renderer:
+    def __init__(
+        self, registry: ModelRegistry, cache: ModelCache, *, max_adapters: int = 8
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.max_adapters = max_adapters
+        self._adapters: dict[int, LoraAdapters] = {}
+        self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
+        self._upscalers: OrderedDict[str, Upscaler] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def render(
+        self,
+        job: GenerationJob,
+        model: StoredModel,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[RenderedImage]:
+        resolved = self._resolve(job.params)
+        base = self.cache.pipeline(model)
+        self._apply_loras(base, resolved)
+        pipe = self._with_vae(base, resolved.vae)
+        counter = _StepCounter(job.total_steps, on_step)
+        images: list[RenderedImage] = []
+        for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
+            sampling = self._sampling(pipe, job, batch, counter, on_preview)
+            for image, seed, subseed in zip(
+                self._run_mode(pipe, job, sampling),
+                sampling.seeds,
+                sampling.subseeds or sampling.seeds,
+                strict=False,
+            ):
+                text = infotext_for(job, seed, subseed, model, resolved)
+                images.append(
+                    RenderedImage(
+                        png=png_with_infotext(image, text),
+                        seed=seed,
+                        subseed=subseed,
+                        subseed_strength=job.params.subseed_strength,
+                        width=image.width,
+                        height=image.height,
+                        infotext=text,
+                        index=len(images),
+                    )
+                )
+        return images
+
+    def _resolve(self, params: Params) -> _Resolved:
+        loras = []
+        for use in params.loras:
+            try:
+                lora = self.registry.find(common_pb2.MODEL_KIND_LORA, use.name)
+            except NotFound:
+                raise InvalidArgument("params.loras", f"unknown LoRA {use.name!r}") from None
+            loras.append((lora, use.unet_weight, use.te_weight))
+        vae = None
+        if params.vae and params.vae not in ("Automatic", "None"):
+            try:
+                vae = self.registry.find(common_pb2.MODEL_KIND_VAE, params.vae)
+            except NotFound:
+                raise InvalidArgument("params.vae", f"unknown VAE {params.vae!r}") from None
+        return _Resolved(loras, vae)
+
+    def _apply_loras(self, pipe: StableDiffusionPipeline, resolved: _Resolved) -> None:
+        with self._lock:
+            adapters = self._adapters.setdefault(
+                id(pipe), LoraAdapters(pipe, max_adapters=self.max_adapters)
+            )
+        adapters.apply(
+            [
+                LoraRequest(model.sha256, self.cache.local_file(model), unet, te)
+                for model, unet, te in resolved.loras
+            ]
+        )
+
+    def _with_vae(
+        self, pipe: StableDiffusionPipeline, vae_model: StoredModel | None
+    ) -> StableDiffusionPipeline:
+        if vae_model is None:
+            return pipe
+        with self._lock:
+            vae = self._vaes.get(vae_model.sha256)
+            if vae is None:
+                vae = load_vae(self.cache.local_file(vae_model), like=pipe.vae)
+                self._vaes[vae_model.sha256] = vae
+                while len(self._vaes) > 2:
+                    self._vaes.popitem(last=False)
+            self._vaes.move_to_end(vae_model.sha256)
+        return StableDiffusionPipeline(
+            **{**pipe.components, "vae": vae}, requires_safety_checker=False
+        )
+
+    def _sampling(
+        self,
+        pipe: StableDiffusionPipeline,
+        job: GenerationJob,
+        batch: int,
+        counter: _StepCounter,
+        on_preview: PreviewCallback | None,
+    ) -> modes.Sampling:
+        p = job.params
+        size = 1 if job.mode is Mode.UPSCALE else p.batch_size
+        seeds = p.seeds()[batch * size : (batch + 1) * size]
+        subseeds = p.subseeds()[batch * size : (batch + 1) * size] if p.subseed_strength else []
+        cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_pair(
+            p.prompt, p.negative_prompt, p.clip_skip
+        )
+        return modes.Sampling(
+            prompt_embeds=cond,
+            negative_embeds=uncond,
+            scheduler_factory=_scheduler_factory(pipe, p.sampler, p.schedule_type),
+            steps=p.steps,
+            cfg_scale=p.cfg_scale,
+            seeds=seeds,
+            subseeds=subseeds,
+            subseed_strength=p.subseed_strength,
+            eta=p.eta,
+            on_step=counter.step,
+            on_latents=_preview_hook(job, on_preview),
+        )
+
+    def _run_mode(
+        self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling
+    ) -> list[Image.Image]:
+        p = job.params
+        if job.mode is Mode.TXT2IMG and job.hires is None:
+            return modes.txt2img(pipe, s, p.width, p.height)
+        if job.mode is Mode.TXT2IMG and job.hires is not None:
+            return self._hires(pipe, job, s)
+        if job.mode is Mode.IMG2IMG and job.img2img is not None:
+            spec = job.img2img
+            return modes.img2img(
+                pipe,
+                s,
+                spec.init_image,
+                strength=spec.strength,
+                width=p.width,
+                height=p.height,
+                resize_mode=spec.resize_mode,
+                initial_noise_multiplier=spec.noise_multiplier,
+            )
+        if job.mode is Mode.INPAINT and job.img2img is not None and job.inpaint is not None:
+            mask = job.inpaint
+            return modes.inpaint(
+                pipe,
+                s,
+                job.img2img.init_image,
+                mask.mask,
+                strength=job.img2img.strength,
+                mask_blur=mask.mask_blur,
+                fill=mask.fill,
+                only_masked=mask.only_masked,
+                padding=mask.padding,
+                invert=mask.invert,
+                width=p.width,
+                height=p.height,
+            )
+        if job.mode is Mode.VARIATION and job.variation is not None:
+            return modes.variation(pipe, s, job.variation.source, strength=job.variation.strength)
+        if job.mode is Mode.UPSCALE and job.upscale is not None:
+            return [self._upscale(pipe, job, s)]
+        raise InvalidArgument("mode", "the options of this mode are missing")
+
+    def _hires(
+        self, pipe: StableDiffusionPipeline, job: GenerationJob, first: modes.Sampling
+    ) -> list[Image.Image]:
+        hires, p = job.hires, job.params
+        assert hires is not None
+        second = first
+        if (hires.prompt, hires.negative_prompt) != (p.prompt, p.negative_prompt):
+            cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_pair(
+                hires.prompt, hires.negative_prompt, p.clip_skip
+            )
+            second = replace(second, prompt_embeds=cond, negative_embeds=uncond)
+        second = replace(
+            second,
+            steps=hires.second_pass_steps or p.steps,
+            scheduler_factory=_scheduler_factory(pipe, hires.sampler, p.schedule_type),
+        )
+        upscaler: str | Callable[[Image.Image, int, int], Image.Image] = LATENT_UPSCALER
+        if hires.upscaler != LATENT_UPSCALER:
+            pixels = self.pixel_upscaler(hires.upscaler, "hires.upscaler")
+            upscaler = lambda image, w, h: resize_to(pixels(image, w / image.width), w, h)  # noqa: E731
+        return modes.hires_fix(
+            pipe,
+            first,
+            second,
+            width=p.width,
+            height=p.height,
+            scale=hires.scale,
+            resize_x=hires.resize_x,
+            resize_y=hires.resize_y,
+            upscaler=upscaler,
+            denoising_strength=hires.strength,
+        )
+
+    def _upscale(
+        self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling
+    ) -> Image.Image:
+        spec = job.upscale
+        assert spec is not None
+        upscaled = self.pixel_upscaler(spec.upscaler, "upscale.upscaler")(spec.image, spec.scale)
+        if not spec.tiled_refine:
+            return upscaled
+        return modes.tiled_refine(
+            pipe,
+            s,
+            upscaled,
+            tile=spec.tile_size,
+            overlap=spec.tile_overlap,
+            strength=spec.strength,
+        )
+
+    def pixel_upscaler(self, name: str, field: str) -> Callable[[Image.Image, float], Image.Image]:
+        """`Lanczos`, or an ESRGAN-family model from the store, as image × scale → image."""
+        if name in BUILTIN_UPSCALERS:
+            return lanczos
+        try:
+            stored = self.registry.find(common_pb2.MODEL_KIND_UPSCALER, name)
+        except NotFound:
+            raise InvalidArgument(field, f"unknown upscaler {name!r}; see ListUpscalers") from None
+        model = self._upscaler(stored)
+
+        def run(image: Image.Image, scale: float) -> Image.Image:
+            out = model.upscale(image)
+            target = (round(image.width * scale), round(image.height * scale))
+            return out if out.size == target else resize_to(out, *target)
+
+        return run
+
+    def _upscaler(self, stored: StoredModel) -> Upscaler:
+        with self._lock:
+            model = self._upscalers.get(stored.sha256)
+            if model is None:
+                model = load_upscaler(self.cache.local_file(stored))
+                model.model.to(self.cache.device)
+                self._upscalers[stored.sha256] = model
+                while len(self._upscalers) > 2:
+                    self._upscalers.popitem(last=False)
+            return model
+
+
+class _StepCounter:
+    """Counts steps over every pass and batch of a job, for one progress bar."""
+
+    def __init__(self, total: int, report: StepCallback) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.report = report
+
+    def step(self, _step: int, _pass_total: int) -> None:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        self.report(self.done, self.total)
+
+
+def _scheduler_factory(pipe: StableDiffusionPipeline, sampler: str, schedule_type: str):
+    config = dict(pipe.scheduler.config)
+    chosen = resolve_sampler(sampler)
+    return lambda: make_scheduler(chosen, config, schedule_type)
+
+
+def _preview_hook(job: GenerationJob, on_preview: PreviewCallback | None):
+    if not job.preview_every or on_preview is None:
+        return None
+    calls = 0
+
+    def hook(latents: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls % job.preview_every == 0:
+            image = modes.cheap_preview(latents)  # type: ignore[arg-type]
+            image.thumbnail((job.preview_max_size, job.preview_max_size))
+            on_preview(image)
+
+    return hook
+
+
+def infotext_for(
+    job: GenerationJob, seed: int, subseed: int, model: StoredModel, resolved: _Resolved
+) -> str:
+    """A1111's `parameters` text for one image of the job."""
+    p = job.params
+    strength = _denoising_strength(job)
+    hires = job.hires
+    values: dict[str, object] = {
+        "Steps": p.steps,
+        "Sampler": p.sampler,
+        "Schedule type": None if p.schedule_type == "Automatic" else p.schedule_type,
+        "CFG scale": p.cfg_scale,
+        "Seed": seed,
+        "Size": f"{p.width}x{p.height}" if job.mode is not Mode.UPSCALE else None,
+        "Model hash": model.short_hash,
+        "Model": model.name,
+        "VAE hash": resolved.vae.short_hash if resolved.vae else None,
+        "VAE": resolved.vae.name if resolved.vae else None,
+        "Variation seed": subseed if p.subseed_strength else None,
+        "Variation seed strength": p.subseed_strength or None,
+        "Denoising strength": strength,
+        "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "RNG": "CPU",
+        "Mask blur": job.inpaint.mask_blur if job.inpaint else None,
+        "Hires upscale": hires.scale if hires else None,
+        "Hires steps": (hires.second_pass_steps or None) if hires else None,
+        "Hires upscaler": hires.upscaler if hires else None,
+        "Lora hashes": format_lora_hashes({m.name: m.short_hash for m, _, _ in resolved.loras})
+        or None,
+        "Version": VERSION,
+    }
+    return format_infotext(p.original_prompt or p.prompt, p.negative_prompt, values)
+
+
+def _denoising_strength(job: GenerationJob) -> float | None:
+    if job.img2img is not None:
+        return job.img2img.strength
+    if job.hires is not None:
+        return job.hires.strength
+    if job.variation is not None:
+        return VARIATION_STRENGTHS[job.variation.strength]
+    if job.upscale is not None and job.upscale.tiled_refine:
+        return job.upscale.strength
+    return None
