@@ -218,6 +218,11 @@ class _Checker:
             raise InvalidArgument.many(self.violations)
 
 
+def _f32(value: float) -> float:
+    """A protobuf `float` as the decimal the client meant (0.1, not 0.10000000149)."""
+    return float(f"{value:.7g}")
+
+
 def _multiple_of_8(value: float) -> int:
     return max(64, int(value) // 8 * 8)
 
@@ -238,8 +243,8 @@ def _loras(check: _Checker, p: common_pb2.GenerationParams, prompt: str) -> tupl
     cleaned, tags = extract_lora_tags(prompt)
     uses = [LoraUse(t.name, t.unet_weight, t.te_weight) for t in tags]
     for i, lora in enumerate(p.loras):
-        weight = lora.weight if lora.HasField("weight") else 1.0
-        te = lora.text_encoder_weight if lora.HasField("text_encoder_weight") else weight
+        weight = _f32(lora.weight) if lora.HasField("weight") else 1.0
+        te = _f32(lora.text_encoder_weight) if lora.HasField("text_encoder_weight") else weight
         check.require(bool(lora.name), f"params.loras[{i}].name", "is required")
         check.in_range(weight, -4, 4, f"params.loras[{i}].weight")
         check.in_range(te, -4, 4, f"params.loras[{i}].text_encoder_weight")
@@ -265,7 +270,7 @@ def _params(
     )
     steps = p.steps or DEFAULT_STEPS
     check.require(1 <= steps <= 150, "params.steps", "must be between 1 and 150")
-    cfg = p.cfg_scale if p.HasField("cfg_scale") else DEFAULT_CFG
+    cfg = _f32(p.cfg_scale) if p.HasField("cfg_scale") else DEFAULT_CFG
     check.in_range(cfg, 0, 30, "params.cfg_scale")
     for name in ("seed", "subseed"):
         value = getattr(p, name) if p.HasField(name) else None
@@ -299,11 +304,11 @@ def _params(
         height=height,
         seed=resolve_seed(p.seed if p.HasField("seed") else None),
         subseed=resolve_seed(p.subseed if p.HasField("subseed") else None),
-        subseed_strength=p.subseed_strength,
+        subseed_strength=_f32(p.subseed_strength),
         batch_size=batch_size,
         n_iter=n_iter,
         clip_skip=clip_skip,
-        eta=p.eta if p.HasField("eta") else None,
+        eta=_f32(p.eta) if p.HasField("eta") else None,
         original_prompt=p.prompt,
     )
 
@@ -321,9 +326,9 @@ def _img2img(
     check: _Checker, o: generator_pb2.Img2ImgOptions, resolve: ImageResolver
 ) -> Img2ImgSpec | None:
     image = _image(check, o.init_image, "img2img.init_image", resolve)
-    strength = o.denoising_strength if o.HasField("denoising_strength") else 0.75
+    strength = _f32(o.denoising_strength) if o.HasField("denoising_strength") else 0.75
     check.in_range(strength, 0, 1, "img2img.denoising_strength")
-    noise = o.initial_noise_multiplier if o.HasField("initial_noise_multiplier") else 1.0
+    noise = _f32(o.initial_noise_multiplier) if o.HasField("initial_noise_multiplier") else 1.0
     check.in_range(noise, 0, 1.5, "img2img.initial_noise_multiplier")
     if image is None:
         return None
@@ -348,11 +353,11 @@ def _inpaint(
 def _hires(check: _Checker, o: generator_pb2.HiresOptions, params: Params) -> HiresSpec | None:
     if not o.enabled:
         return None
-    scale = o.scale if o.HasField("scale") else 2.0
+    scale = _f32(o.scale) if o.HasField("scale") else 2.0
     check.require(
         math.isfinite(scale) and 1 < scale <= 4, "hires.scale", "must be greater than 1, at most 4"
     )
-    strength = o.denoising_strength if o.HasField("denoising_strength") else 0.7
+    strength = _f32(o.denoising_strength) if o.HasField("denoising_strength") else 0.7
     check.in_range(strength, 0, 1, "hires.denoising_strength")
     check.require(0 <= o.second_pass_steps <= 150, "hires.second_pass_steps", "must be 0..150")
     for name in ("resize_x", "resize_y"):
@@ -377,13 +382,13 @@ def _upscale(
     check: _Checker, o: generator_pb2.UpscaleOptions, resolve: ImageResolver
 ) -> UpscaleSpec | None:
     image = _image(check, o.image, "upscale.image", resolve)
-    scale = o.scale if o.HasField("scale") else 2.0
+    scale = _f32(o.scale) if o.HasField("scale") else 2.0
     check.in_range(scale, 1, 8, "upscale.scale")
     tile = o.tile_size or 512
     check.require(256 <= tile <= 1024 and tile % 8 == 0, "upscale.tile_size", "256..1024, ×8")
     overlap = o.tile_overlap or 64
     check.require(0 <= overlap <= 256, "upscale.tile_overlap", "must be between 0 and 256")
-    strength = o.denoising_strength if o.HasField("denoising_strength") else 0.382
+    strength = _f32(o.denoising_strength) if o.HasField("denoising_strength") else 0.382
     check.in_range(strength, 0, 1, "upscale.denoising_strength")
     if image is None:
         return None

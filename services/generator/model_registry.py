@@ -29,7 +29,7 @@ _PLACES: dict[Kind, tuple[str, str]] = {
 }
 FORMATS: dict[Kind, frozenset[str]] = {
     common_pb2.MODEL_KIND_CHECKPOINT: frozenset({"safetensors", "ckpt"}),
-    common_pb2.MODEL_KIND_VAE: frozenset({"safetensors", "ckpt"}),
+    common_pb2.MODEL_KIND_VAE: frozenset({"safetensors", "ckpt", "pt"}),
     common_pb2.MODEL_KIND_UPSCALER: frozenset({"pth", "safetensors"}),
     common_pb2.MODEL_KIND_TAGGER: frozenset({"onnx"}),
     common_pb2.MODEL_KIND_LORA: frozenset({"safetensors"}),

@@ -1,46 +1,53 @@
-"""Checks an uploaded model file before it enters the store, so that nothing in the
-store is unloadable or unsafe: checkpoints must be SD 1.x (safetensors checked from the
-header alone, pickles only through the safe loader), other safetensors files must have
-a sound header.
+"""Checks an uploaded model file before it enters the store, so that nothing in the store
+is unloadable or unsafe. Pickles are only ever read through the safe loader.
+
+- checkpoints: SD 1.x, checked from the safetensors header alone (a `.ckpt` is built once);
+- LoRAs: a kohya/A1111 or diffusers layout, from the header;
+- VAEs: VAE tensors, safely read (whether they fit a checkpoint is checked at use);
+- upscalers: an ESRGAN-family network;
+- taggers: an ONNX file (checked when the trainer loads it).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from safetensors import safe_open
-
-from services.common.errors import InvalidArgument
 from services.common.proto.sdstack.v1 import common_pb2
 from services.generator.checkpoint_loader import check_single_file, load_pipeline
+from services.generator.loras import inspect_lora
+from services.generator.upscalers import load_upscaler
+from services.generator.vaes import read_vae_file
 
 
 def validate_model_file(
     path: Path, kind: int, file_format: str, *, config_root: Path, tokenizer_dir: Path
 ) -> None:
+    """Raises `InvalidArgument` naming the problem when `path` is not a usable `kind`."""
     if kind == common_pb2.MODEL_KIND_CHECKPOINT and file_format == "safetensors":
         check_single_file(path)
     elif kind == common_pb2.MODEL_KIND_CHECKPOINT:
-        _check_ckpt_loads(path, config_root, tokenizer_dir)
-    elif file_format == "safetensors":
-        _check_safetensors_header(path)
+        _with_suffix(path, file_format, lambda p: _load_ckpt(p, config_root, tokenizer_dir))
+    elif kind == common_pb2.MODEL_KIND_LORA:
+        inspect_lora(path)
+    elif kind == common_pb2.MODEL_KIND_VAE:
+        _with_suffix(path, file_format, read_vae_file)
+    elif kind == common_pb2.MODEL_KIND_UPSCALER:
+        _with_suffix(path, file_format, load_upscaler)
 
 
-def _check_ckpt_loads(path: Path, config_root: Path, tokenizer_dir: Path) -> None:
-    """A `.ckpt` has no header to read: it is safe-loaded and built, then dropped."""
-    suffixed = path.with_name(f"{path.name}.ckpt")
-    path.rename(suffixed)
-    try:
-        load_pipeline(suffixed, config_root=config_root, tokenizer_dir=tokenizer_dir)
-    finally:
-        suffixed.rename(path)
+def _with_suffix(path: Path, file_format: str, check: Callable[[Path], object]) -> None:
+    """Loaders pick the reader by suffix; uploads are spooled without one."""
+    with tempfile.TemporaryDirectory(prefix="sdstack-check-") as folder:
+        named = Path(folder) / f"upload.{file_format}"
+        try:
+            named.hardlink_to(path)
+        except OSError:
+            shutil.copyfile(path, named)
+        check(named)
 
 
-def _check_safetensors_header(path: Path) -> None:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = list(handle.keys())
-    except Exception as error:  # safetensors raises several types for a bad header
-        raise InvalidArgument("file", f"not a valid safetensors file ({error})") from None
-    if not names:
-        raise InvalidArgument("file", "the safetensors file holds no tensors")
+def _load_ckpt(path: Path, config_root: Path, tokenizer_dir: Path) -> None:
+    load_pipeline(path, config_root=config_root, tokenizer_dir=tokenizer_dir)

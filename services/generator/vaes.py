@@ -45,7 +45,7 @@ def load_vae(path: Path, like: AutoencoderKL) -> AutoencoderKL:
     """A new `AutoencoderKL` with `like`'s config, dtype and device and `path`'s weights."""
     if not path.is_file():
         raise NotFound("vae", path.name)
-    tensors = _read(path)
+    tensors = read_vae_file(path)
     diffusers_layout = any(marker in name for name in tensors for marker in DIFFUSERS_MARKERS)
     state = tensors if diffusers_layout else _convert(tensors, like)
     expected = like.state_dict()
@@ -54,7 +54,8 @@ def load_vae(path: Path, like: AutoencoderKL) -> AutoencoderKL:
     return _build(state, like)
 
 
-def _read(path: Path) -> Tensors:
+def read_vae_file(path: Path) -> Tensors:
+    """The VAE tensors of a file, safely read; whether they fit a model is `load_vae`'s check."""
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _read_safetensors(path)

@@ -125,8 +125,9 @@ def test_higher_priority_runs_first(engine: Engine, models: GatedModels) -> None
     engine.queue_size = 3
     blocker = engine.submit(_job("blocker"), MODEL)
     assert models.asked.wait(10)
-    low = engine.submit(_job("low", priority=-5), MODEL)
-    high = engine.submit(_job("high", priority=5), MODEL)
+    # different step counts, so the two are not batched together
+    low = engine.submit(_job("low", priority=-5, steps=3), MODEL)
+    high = engine.submit(_job("high", priority=5, steps=4), MODEL)
     order: list[str] = []
 
     def follow(handle: JobHandle) -> None:

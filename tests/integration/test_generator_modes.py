@@ -1,0 +1,364 @@
+"""Every generation mode and option through the generator's gRPC API, on the tiny model.
+
+Files (LoRAs, a VAE, an ESRGAN upscaler) are made for the tiny model and imported into the
+running stack's store the way users import them, then used by name.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from diffusers import StableDiffusionPipeline
+from PIL import Image, ImageDraw
+
+from services.common.clients import GeneratorClient
+from services.common.errors import RemoteError
+from services.common.infotext import parse_infotext
+from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.generator.loras import make_kohya_lora
+from services.generator.samplers import SAMPLERS
+from services.generator.upscalers import make_esrgan_file
+from services.generator.vaes import make_vae_file
+from tests.stack_fixtures import RunningStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def generator(running_stack: RunningStack) -> Iterator[GeneratorClient]:
+    with GeneratorClient(running_stack.settings.target("generator"), timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model_files) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline.from_pretrained(
+        tiny_model_files.diffusers_dir, local_files_only=True
+    )
+
+
+@pytest.fixture(scope="module")
+def imported(
+    generator: GeneratorClient,
+    tiny_pipe: StableDiffusionPipeline,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, common_pb2.ModelInfo]:
+    """A LoRA, a second LoRA, a VAE and an upscaler, imported by name."""
+    folder = tmp_path_factory.mktemp("model-files")
+    files = {
+        "oak-style": (
+            make_kohya_lora(tiny_pipe, folder / "oak.safetensors", seed=1, scale=2.0),
+            common_pb2.MODEL_KIND_LORA,
+        ),
+        "night-light": (
+            make_kohya_lora(tiny_pipe, folder / "night.safetensors", seed=2, scale=2.0),
+            common_pb2.MODEL_KIND_LORA,
+        ),
+        "warm-vae": (
+            make_vae_file(tiny_pipe.vae, folder / "warm.safetensors", seed=3, strength=0.2),
+            common_pb2.MODEL_KIND_VAE,
+        ),
+        "tiny-esrgan": (
+            make_esrgan_file(folder / "esrgan.pth", layout="new", scale=4),
+            common_pb2.MODEL_KIND_UPSCALER,
+        ),
+    }
+    return {
+        name: generator.import_model(
+            path, name=name, kind=kind, file_format=path.suffix.lstrip(".")
+        )
+        for name, (path, kind) in files.items()
+    }
+
+
+def _run(generator: GeneratorClient, **fields: object) -> list[common_pb2.GeneratedImage]:
+    params = {"prompt": "a pavilion", "seed": 7, "width": SIZE, "height": SIZE, "steps": 4}
+    params.update(fields.pop("params", {}))  # type: ignore[arg-type]
+    request = generator_pb2.GenerateRequest(
+        params=common_pb2.GenerationParams(**params),  # type: ignore[arg-type]
+        **fields,  # type: ignore[arg-type]
+    )
+    return generator.generate_images(request)
+
+
+def _pixels(image: common_pb2.GeneratedImage | bytes) -> np.ndarray:
+    data = image if isinstance(image, bytes) else image.png
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+@pytest.fixture(scope="module")
+def base_image(generator: GeneratorClient) -> common_pb2.GeneratedImage:
+    (image,) = _run(generator)
+    return image
+
+
+def test_every_listed_sampler_runs(generator: GeneratorClient) -> None:
+    listed = {sampler.name for sampler in generator.list_samplers()}
+    assert listed == set(SAMPLERS)
+    for name in sorted(listed):
+        (image,) = _run(generator, params={"sampler": name, "steps": 3})
+        assert parse_infotext(image.infotext).params["Sampler"] == name
+
+
+def test_prompt_weights_change_the_picture(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    (weighted,) = _run(generator, params={"prompt": "(a pavilion:1.5)"})
+    (neutral,) = _run(generator, params={"prompt": "(a pavilion:1.0)"})
+    assert not np.array_equal(_pixels(weighted), _pixels(base_image))
+    assert np.array_equal(_pixels(neutral), _pixels(base_image))
+
+
+def test_long_prompts_and_clip_skip_are_used(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    filler = ", ".join(["a quiet room"] * 30)
+    (long_a,) = _run(generator, params={"prompt": f"{filler}, red"})
+    (long_b,) = _run(generator, params={"prompt": f"{filler}, blue"})
+    assert not np.array_equal(_pixels(long_a), _pixels(long_b)), "words past 77 tokens ignored"
+    (skipped,) = _run(generator, params={"clip_skip": 2})
+    assert not np.array_equal(_pixels(skipped), _pixels(base_image))
+    assert parse_infotext(skipped.infotext).params["Clip skip"] == "2"
+
+
+def test_lora_weight_zero_is_no_lora_and_leaves_no_trace(
+    generator: GeneratorClient,
+    imported: dict[str, common_pb2.ModelInfo],
+    base_image: common_pb2.GeneratedImage,
+) -> None:
+    (zero,) = _run(generator, params={"prompt": "a pavilion <lora:oak-style:0>"})
+    (full,) = _run(generator, params={"prompt": "a pavilion <lora:oak-style:1>"})
+    both = _run(
+        generator,
+        params={
+            "prompt": "a pavilion",
+            "loras": [{"name": "oak-style", "weight": 1.0}, {"name": "night-light"}],
+        },
+    )[0]
+    (after,) = _run(generator)
+    assert np.array_equal(_pixels(zero), _pixels(base_image))
+    assert not np.array_equal(_pixels(full), _pixels(base_image))
+    assert not np.array_equal(_pixels(both), _pixels(full))
+    assert np.array_equal(_pixels(after), _pixels(base_image)), "the LoRA left a trace"
+    hashes = parse_infotext(both.infotext).params["Lora hashes"]
+    oak = imported["oak-style"].short_hash
+    assert f"oak-style: {oak}" in hashes and "night-light: " in hashes
+    assert "<lora:oak-style:1>" in parse_infotext(full.infotext).prompt
+
+
+def test_unknown_lora_is_a_clear_error(generator: GeneratorClient) -> None:
+    with pytest.raises(RemoteError) as raised:
+        _run(generator, params={"prompt": "x <lora:not-there:1>"})
+    assert raised.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not-there" in raised.value.message
+
+
+def test_vae_choice_changes_the_picture_and_is_recorded(
+    generator: GeneratorClient,
+    imported: dict[str, common_pb2.ModelInfo],
+    base_image: common_pb2.GeneratedImage,
+) -> None:
+    (with_vae,) = _run(generator, params={"vae": "warm-vae"})
+    assert not np.array_equal(_pixels(with_vae), _pixels(base_image))
+    params = parse_infotext(with_vae.infotext).params
+    assert params["VAE"] == "warm-vae"
+    assert params["VAE hash"] == imported["warm-vae"].short_hash
+    (again,) = _run(generator)
+    assert np.array_equal(_pixels(again), _pixels(base_image))
+
+
+def test_img2img_strength_controls_how_far_it_departs(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    source = _pixels(base_image)
+
+    def refine(strength: float) -> np.ndarray:
+        (image,) = _run(
+            generator,
+            mode=generator_pb2.GENERATION_MODE_IMG2IMG,
+            img2img={"init_image": {"data": base_image.png}, "denoising_strength": strength},
+            params={"seed": 99, "steps": 10},
+        )
+        assert parse_infotext(image.infotext).params["Denoising strength"] == f"{strength:g}"
+        return _pixels(image)
+
+    low, high = refine(0.1), refine(0.9)
+    assert _mean_difference(low, source) < _mean_difference(high, source)
+    assert np.array_equal(refine(0.1), low), "the same seed gave another picture"
+
+
+def test_inpaint_keeps_everything_outside_the_mask(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    for only_masked in (False, True):
+        (image,) = _run(
+            generator,
+            mode=generator_pb2.GENERATION_MODE_INPAINT,
+            img2img={"init_image": {"data": base_image.png}, "denoising_strength": 0.9},
+            inpaint={"mask": {"data": out.getvalue()}, "mask_blur": 2, "only_masked": only_masked},
+            params={"prompt": "a window", "seed": 3},
+        )
+        result, source = _pixels(image), _pixels(base_image)
+        far_outside = np.ones((SIZE, SIZE), dtype=bool)
+        far_outside[10:54, 10:54] = False
+        assert np.array_equal(result[far_outside], source[far_outside])
+        assert not np.array_equal(result[20:44, 20:44], source[20:44, 20:44])
+
+
+def test_inpaint_mask_of_another_size_is_refused(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    with pytest.raises(RemoteError) as raised:
+        _run(
+            generator,
+            mode=generator_pb2.GENERATION_MODE_INPAINT,
+            img2img={"init_image": {"data": base_image.png}},
+            inpaint={"mask": {"data": _png(np.full((32, 48, 3), 255))}},
+        )
+    assert raised.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert any(v.field == "inpaint.mask" for v in raised.value.violations)
+
+
+def test_hires_fix_doubles_the_size(generator: GeneratorClient) -> None:
+    for upscaler in ("Latent", "Lanczos", "tiny-esrgan"):
+        (image,) = _run(
+            generator,
+            hires={"enabled": True, "scale": 2, "upscaler": upscaler, "second_pass_steps": 2},
+        )
+        assert (image.width, image.height) == (2 * SIZE, 2 * SIZE)
+        params = parse_infotext(image.infotext).params
+        assert (params["Hires upscale"], params["Hires upscaler"]) == ("2", upscaler)
+
+
+def test_upscale_modes(
+    generator: GeneratorClient,
+    imported: dict[str, common_pb2.ModelInfo],
+    base_image: common_pb2.GeneratedImage,
+) -> None:
+    names = {
+        u.name for u in generator.stub.ListUpscalers(generator_pb2.ListUpscalersRequest()).upscalers
+    }
+    assert {"Lanczos", "tiny-esrgan"} <= names
+    for upscaler, scale, tiled in (
+        ("Lanczos", 2, False),
+        ("tiny-esrgan", 4, False),
+        ("Lanczos", 4, True),
+    ):
+        (image,) = _run(
+            generator,
+            mode=generator_pb2.GENERATION_MODE_UPSCALE,
+            upscale={
+                "image": {"data": base_image.png},
+                "upscaler": upscaler,
+                "scale": scale,
+                "tiled_refine": tiled,
+                "tile_size": 256,
+                "tile_overlap": 64,
+            },
+        )
+        assert (image.width, image.height) == (SIZE * scale, SIZE * scale)
+
+
+def test_variations_subtle_departs_less_than_strong(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    source = _pixels(base_image)
+    results = {}
+    for strength in (
+        generator_pb2.VARIATION_STRENGTH_SUBTLE,
+        generator_pb2.VARIATION_STRENGTH_STRONG,
+    ):
+        images = _run(
+            generator,
+            mode=generator_pb2.GENERATION_MODE_VARIATION,
+            variation={"source": {"data": base_image.png}, "strength": strength},
+            params={"seed": 11, "batch_size": 4, "steps": 10},
+        )
+        assert [image.seed for image in images] == [11, 12, 13, 14]
+        results[strength] = np.mean([_mean_difference(_pixels(i), source) for i in images])
+    assert (
+        results[generator_pb2.VARIATION_STRENGTH_SUBTLE]
+        < results[generator_pb2.VARIATION_STRENGTH_STRONG]
+    )
+
+
+def test_variation_seed_strength_blends_two_seeds(generator: GeneratorClient) -> None:
+    plain = {"sampler": "Euler", "seed": 5}
+    (seed_image,) = _run(generator, params=plain)
+    (subseed_image,) = _run(generator, params={**plain, "seed": 6})
+    (none,) = _run(generator, params={**plain, "subseed": 6, "subseed_strength": 0.0})
+    (full,) = _run(generator, params={**plain, "subseed": 6, "subseed_strength": 1.0})
+    (half,) = _run(generator, params={**plain, "subseed": 6, "subseed_strength": 0.5})
+    assert np.array_equal(_pixels(none), _pixels(seed_image))
+    assert np.abs(_pixels(full) - _pixels(subseed_image)).max() <= 1
+    assert not np.array_equal(_pixels(half), _pixels(seed_image))
+    params = parse_infotext(half.infotext).params
+    assert (params["Variation seed"], params["Variation seed strength"]) == ("6", "0.5")
+
+
+def test_previews_come_with_progress(generator: GeneratorClient) -> None:
+    request = generator_pb2.GenerateRequest(
+        params=common_pb2.GenerationParams(prompt="x", seed=1, width=SIZE, height=SIZE, steps=4),
+        preview={"enabled": True, "every_n_steps": 2},
+    )
+    previews = [
+        e.progress.preview_jpeg
+        for e in generator.generate(request)
+        if e.HasField("progress") and e.progress.preview_jpeg
+    ]
+    assert len(previews) == 2
+    assert Image.open(io.BytesIO(previews[0])).format == "JPEG"
+
+
+def test_cancel_stops_within_a_step(generator: GeneratorClient) -> None:
+    params = common_pb2.GenerationParams(prompt="x", seed=1, width=256, height=256, steps=150)
+    stream = generator.stub.Generate(
+        generator_pb2.GenerateRequest(request_id="stop-soon", params=params), timeout=120
+    )
+    steps_seen = 0
+    for event in stream:
+        if event.HasField("progress"):
+            steps_seen = event.progress.step
+            break
+    assert generator.cancel("stop-soon")
+    later = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for event in stream:
+            later.append(event.progress.step)
+    assert raised.value.code() is grpc.StatusCode.CANCELLED
+    assert len(later) <= 2, f"{len(later)} more steps ran after cancel (from step {steps_seen})"
+
+
+def test_a_malicious_checkpoint_leaves_the_generator_serving(
+    generator: GeneratorClient, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(b"\x80\x04cos\nsystem\nX\x05\x00\x00\x00touch\x85R.")
+    with pytest.raises(RemoteError) as raised:
+        generator.import_model(
+            evil, name="evil2", kind=common_pb2.MODEL_KIND_CHECKPOINT, file_format="ckpt"
+        )
+    assert raised.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert generator.is_serving()
+    assert len(_run(generator)) == 1
