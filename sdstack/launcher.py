@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -180,6 +181,19 @@ class Stack:
                     return 1
             self.stopping.wait(0.5)
         return 0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (held open together so they are distinct)."""
+    sockets = []
+    for _ in range(count):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        sockets.append(probe)
+    ports = [s.getsockname()[1] for s in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
 
 
 def run_stack(settings: Settings) -> int:

@@ -7,7 +7,6 @@ Registered for the whole suite by `tests/conftest.py`.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdstack.launcher import Stack
+from sdstack.launcher import Stack, free_ports
 from services.common.config import Settings, load_settings
 from services.common.object_store import ObjectStore
 from services.generator.demo_model import DEMO_MODEL_NAME
@@ -30,19 +29,6 @@ PORT_SETTINGS = (
     "gallery_metrics_port",
     "s3_port",
 )
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (held open together so they are distinct)."""
-    sockets = []
-    for _ in range(count):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        sockets.append(probe)
-    ports = [s.getsockname()[1] for s in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 def stack_settings(data_dir: Path, tokenizer_dir: Path, **overrides: object) -> Settings:

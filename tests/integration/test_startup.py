@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from sdstack.launcher import free_ports
 from services.common.clients import GeneratorClient
 from services.common.config import settings_env
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.common.s3_server import LocalS3Server
 from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY
-from tests.stack_fixtures import free_ports, stack_settings
+from tests.stack_fixtures import stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

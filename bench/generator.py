@@ -1,0 +1,281 @@
+"""Generator benchmark (issue: generator): the service against plain diffusers, same run.
+
+    .venv/bin/python -m bench.generator [--sizes 128 256] [--steps 10 20] [--repeats 5]
+
+Starts the real stack (local S3, services) on free ports in a temporary folder, then
+measures, each as a median with its spread:
+
+1. end to end: one image through the generator's gRPC API vs plain diffusers in-process,
+   on the same checkpoint file, sampler, size, steps and seed (goal ≤ 1.05×);
+2. batching: 8 concurrent identical requests vs the same 8 one after another (goal ≥ 1.5×);
+3. LoRA switching: alternating two LoRAs between requests vs keeping one (goal ≤ 5%);
+4. model load: the first request on a checkpoint not yet loaded vs a cached one.
+
+Results are written into bench/RESULTS.md (section "Generator"), with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import StableDiffusionPipeline
+
+from sdstack.launcher import Stack, free_ports
+from services.common.clients import GeneratorClient
+from services.common.config import load_settings
+from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.generator.checkpoint_loader import load_pipeline
+from services.generator.loras import make_kohya_lora
+from services.generator.modes import initial_noise
+from services.generator.tiny_model import save_tiny_model
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADER = """## Generator
+
+The service against plain diffusers in the same run, on the project's tiny SD (SD 1.x
+topology, random weights: speed does not depend on the weights' values), Euler a, CFG 7,
+seed 42. Plain diffusers: `StableDiffusionPipeline` loaded from the same single file,
+in-process, with the same initial noise. sdstack: a gRPC client calling the generator
+process (A1111 prompt weighting, PNG with infotext included). Command: `.venv/bin/{command}`.
+"""
+PROMPT = "a timber pavilion by a lake, morning light"
+PORTS = (
+    "gateway_port",
+    "generator_port",
+    "trainer_port",
+    "gallery_port",
+    "generator_metrics_port",
+    "trainer_metrics_port",
+    "gallery_metrics_port",
+    "s3_port",
+)
+
+
+def timed(run: Callable[[], object], repeats: int) -> list[float]:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def spread(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} s ({min(times):.3f}–{max(times):.3f})"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, folder: Path) -> None:
+        self.args = args
+        self.folder = folder
+        tokenizer = Path(args.tokenizer)
+        self.tokenizer = tokenizer
+        self.files = save_tiny_model(folder / "model", tokenizer)
+        settings = load_settings(
+            data_dir=folder / "stack",
+            clip_tokenizer_dir=tokenizer,
+            s3_endpoint="",
+            log_level="WARNING",
+            queue_size=64,
+            **dict(zip(PORTS, free_ports(len(PORTS)), strict=True)),
+        )
+        self.stack = Stack(settings)
+        self.settings = settings
+
+    def request(self, **params: object) -> generator_pb2.GenerateRequest:
+        values = {
+            "prompt": PROMPT,
+            "seed": 42,
+            "width": self.args.size,
+            "height": self.args.size,
+            "steps": self.args.steps,
+            "sampler": "Euler a",
+            "model": "bench",
+        }
+        values.update(params)
+        return generator_pb2.GenerateRequest(params=common_pb2.GenerationParams(**values))
+
+    def plain_diffusers(self) -> list[float]:
+        pipe = load_pipeline(
+            self.files.single_file,
+            config_root=self.folder / "configs",
+            tokenizer_dir=self.tokenizer,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        size, steps = self.args.size, self.args.steps
+        noise = initial_noise((4, size // 8, size // 8), [42])
+
+        def run() -> None:
+            pipe(
+                PROMPT,
+                width=size,
+                height=size,
+                num_inference_steps=steps,
+                latents=noise,
+                generator=[torch.Generator("cpu").manual_seed(42)],
+            ).images[0]
+
+        return timed(run, self.args.repeats)
+
+    def end_to_end(self, client: GeneratorClient) -> list[float]:
+        return timed(lambda: client.generate_images(self.request()), self.args.repeats)
+
+    def batching(self, client: GeneratorClient) -> tuple[list[float], list[float]]:
+        requests = [self.request(seed=100 + i) for i in range(8)]
+
+        def sequential() -> None:
+            for request in requests:
+                client.generate_images(request)
+
+        def concurrent() -> None:
+            threads = [threading.Thread(target=client.generate_images, args=(r,)) for r in requests]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        repeats = max(2, self.args.repeats // 2)
+        return timed(sequential, repeats), timed(concurrent, repeats)
+
+    def lora_switching(self, client: GeneratorClient) -> tuple[list[float], list[float]]:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            self.files.diffusers_dir, local_files_only=True
+        )
+        for name, seed in (("bench-a", 1), ("bench-b", 2)):
+            path = make_kohya_lora(pipe, self.folder / f"{name}.safetensors", seed=seed)
+            client.import_model(
+                path, name=name, kind=common_pb2.MODEL_KIND_LORA, file_format="safetensors"
+            )
+        same = self.request(prompt=f"{PROMPT} <lora:bench-a:1>")
+        other = self.request(prompt=f"{PROMPT} <lora:bench-b:1>")
+        keep = timed(lambda: client.generate_images(same), self.args.repeats)
+        flip = [same, other]
+        index = [0]
+
+        def switch() -> None:
+            index[0] += 1
+            client.generate_images(flip[index[0] % 2])
+
+        return keep, timed(switch, self.args.repeats)
+
+    def model_load(self, client: GeneratorClient) -> tuple[float, list[float]]:
+        cold_files = save_tiny_model(self.folder / "cold", self.tokenizer, seed=1)
+        client.import_model(
+            cold_files.single_file,
+            name="bench-cold",
+            kind=common_pb2.MODEL_KIND_CHECKPOINT,
+            file_format="safetensors",
+        )
+        request = self.request(model="bench-cold")
+        started = time.perf_counter()
+        client.generate_images(request)
+        cold = time.perf_counter() - started
+        return cold, timed(lambda: client.generate_images(request), self.args.repeats)
+
+    def run(self) -> str:
+        plain = self.plain_diffusers()
+        self.stack.start()
+        try:
+            with GeneratorClient(self.settings.target("generator"), timeout=600) as client:
+                client.import_model(
+                    self.files.single_file,
+                    name="bench",
+                    kind=common_pb2.MODEL_KIND_CHECKPOINT,
+                    file_format="safetensors",
+                )
+                service = self.end_to_end(client)
+                sequential, concurrent = self.batching(client)
+                keep, switch = self.lora_switching(client)
+                cold, warm = self.model_load(client)
+        finally:
+            self.stack.stop()
+        return self.report(plain, service, sequential, concurrent, keep, switch, cold, warm)
+
+    def report(self, plain, service, sequential, concurrent, keep, switch, cold, warm) -> str:
+        median = statistics.median
+        overhead = median(service) / median(plain)
+        speedup = median(sequential) / median(concurrent)
+        switch_cost = median(switch) / median(keep) - 1
+        a = self.args
+        rows = [
+            "| measure | sdstack | reference | ratio | goal |",
+            "| --- | --- | --- | --- | --- |",
+            f"| one image, gRPC end to end vs plain diffusers in-process | {spread(service)} "
+            f"| {spread(plain)} | {overhead:.3f}× | ≤ 1.05× {_verdict(overhead <= 1.05)} |",
+            f"| 8 identical requests: concurrent (batched) vs sequential | {spread(concurrent)} "
+            f"| {spread(sequential)} | {speedup:.2f}× faster | ≥ 1.5× {_verdict(speedup >= 1.5)} |",
+            f"| LoRA switched every request vs kept | {spread(switch)} | {spread(keep)} "
+            f"| {switch_cost:+.1%} per request | ≤ 5% {_verdict(switch_cost <= 0.05)} |",
+            f"| first request on a checkpoint not loaded vs cached | {cold:.3f} s "
+            f"| {spread(warm)} | {cold / median(warm):.2f}× | (recorded) |",
+        ]
+        return "\n".join(
+            [
+                f"### {a.size}×{a.size}, {a.steps} steps",
+                "",
+                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}; torch "
+                f"{torch.__version__}, diffusers {diffusers.__version__}; "
+                f"{a.repeats} timed repeats after a warm-up.",
+                "",
+                *rows,
+                "",
+            ]
+        )
+
+
+def _verdict(ok: bool) -> str:
+    return "✅" if ok else "❌ not met"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return f"{cpu}, {torch.get_num_threads()} threads, {memory} GiB, {gpu}"
+
+
+def write_section(section: str, title: str = "## Generator") -> None:
+    """Replaces this benchmark's section of RESULTS.md, keeping the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
+    start = text.find(title)
+    if start >= 0:
+        end = text.find("\n## ", start + len(title))
+        text = text[:start] + text[end + 1 if end >= 0 else len(text) :]
+    RESULTS.write_text(text.rstrip() + "\n\n" + section)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokenizer", default=".data/clip/tokenizer")
+    args = parser.parse_args()
+    parts = [HEADER.format(command=" ".join(["python -m bench.generator", *sys.argv[1:]]))]
+    for size, steps in zip(args.sizes, args.steps, strict=True):
+        run = argparse.Namespace(**{**vars(args), "size": size, "steps": steps})
+        with tempfile.TemporaryDirectory(prefix="sdstack-bench-") as folder:
+            parts.append(Bench(run, Path(folder)).run())
+    section = "\n".join(parts)
+    write_section(section)
+    sys.stdout.write(section)
+
+
+if __name__ == "__main__":
+    main()
