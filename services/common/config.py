@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     default_checkpoint: str = Field("", description="Default checkpoint name; default: first.")
     model_cache_dir: Path | None = Field(None, description="Default data_dir/cache/models.")
     model_cache_max_loaded: int = Field(2, ge=1, le=64, description="Checkpoints kept loaded.")
+    model_cache_max_bytes: int = Field(
+        0, ge=0, description="Memory for loaded checkpoints; 0 = half of the device's memory."
+    )
     clip_tokenizer_dir: Path | None = Field(
         None, description="CLIP tokenizer folder; default data_dir/clip/tokenizer."
     )

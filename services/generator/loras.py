@@ -344,6 +344,11 @@ class LoraAdapters:
         self._loaded: OrderedDict[str, frozenset[str]] = OrderedDict()
 
     @property
+    def pipe(self) -> StableDiffusionPipeline:
+        """The pipeline these adapters live in."""
+        return self._pipe
+
+    @property
     def loaded(self) -> list[str]:
         """Adapter keys in the pipeline, least recently used first."""
         return list(self._loaded)

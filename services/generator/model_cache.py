@@ -1,13 +1,15 @@
 """Checkpoints fetched from the store into a local sha256-addressed cache, and the
-pipelines built from them kept loaded in a small LRU.
+pipelines built from them kept loaded in an LRU bounded by memory and by count.
 
 The file cache is keyed by content (`<sha256>.<ext>`), so a renamed or re-uploaded
-model is never fetched twice; the loaded-pipeline LRU is keyed the same way.
+model is never fetched twice; the loaded-pipeline LRU is keyed the same way. The pipeline
+just loaded is always kept, even when it alone is over the memory budget.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.object_store import ObjectStore
 from services.generator.checkpoint_loader import load_pipeline
@@ -28,6 +30,9 @@ MODEL_LOAD_SECONDS = Histogram(
     "Time to fetch and load a checkpoint.",
     ["model"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+MODEL_CACHE_BYTES = Gauge(
+    "sdstack_model_cache_bytes", "Bytes of weights held by the loaded checkpoints."
 )
 MODEL_CACHE_REQUESTS = Counter(
     "sdstack_model_cache_requests_total",
@@ -44,6 +49,7 @@ class ModelCache:
         tokenizer_dir: Path,
         *,
         max_loaded: int,
+        max_bytes: int,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
@@ -51,6 +57,8 @@ class ModelCache:
         self.cache_dir = cache_dir
         self.tokenizer_dir = tokenizer_dir
         self.max_loaded = max_loaded
+        self.max_bytes = max_bytes
+        self._sizes: dict[str, int] = {}
         self.device = device
         self.dtype = dtype
         self._loaded: OrderedDict[str, StableDiffusionPipeline] = OrderedDict()
@@ -72,9 +80,8 @@ class ModelCache:
                 dtype=self.dtype,
             ).to(self.device)
             self._loaded[model.sha256] = pipe
-            while len(self._loaded) > self.max_loaded:
-                evicted, _ = self._loaded.popitem(last=False)
-                log.info("unloaded checkpoint %s", evicted[:10])
+            self._sizes[model.sha256] = pipeline_bytes(pipe)
+            self._evict()
             elapsed = time.perf_counter() - started
             MODEL_LOAD_SECONDS.labels(model.name).observe(elapsed)
             log.info("loaded checkpoint %s [%s] in %.2fs", model.name, model.short_hash, elapsed)
@@ -90,3 +97,39 @@ class ModelCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.store.download(model.bucket, model.key, path)
         return path
+
+    @property
+    def loaded(self) -> list[str]:
+        """sha256 of the loaded checkpoints, least recently used first."""
+        return list(self._loaded)
+
+    @property
+    def loaded_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def _evict(self) -> None:
+        """Drops least recently used pipelines while over the count or the memory budget."""
+        while len(self._loaded) > 1 and (
+            len(self._loaded) > self.max_loaded or self.loaded_bytes > self.max_bytes
+        ):
+            evicted, _ = self._loaded.popitem(last=False)
+            freed = self._sizes.pop(evicted)
+            log.info("unloaded checkpoint %s (%d MiB)", evicted[:10], freed >> 20)
+        MODEL_CACHE_BYTES.set(self.loaded_bytes)
+
+
+def pipeline_bytes(pipe: StableDiffusionPipeline) -> int:
+    """Bytes of the weights and buffers of every module of the pipeline."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            tensors = [*component.parameters(), *component.buffers()]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def default_cache_bytes(device: torch.device) -> int:
+    """Half of the device's memory (the GPU's, or the machine's RAM on CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2

@@ -65,7 +65,7 @@ class Renderer:
         self.registry = registry
         self.cache = cache
         self.max_adapters = max_adapters
-        self._adapters: dict[int, LoraAdapters] = {}
+        self._adapters: dict[str, LoraAdapters] = {}
         self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
         self._upscalers: OrderedDict[str, Upscaler] = OrderedDict()
         self._lock = threading.Lock()
@@ -79,7 +79,7 @@ class Renderer:
     ) -> list[RenderedImage]:
         resolved = self._resolve(job.params)
         base = self.cache.pipeline(model)
-        self._apply_loras(base, resolved)
+        self._apply_loras(base, model.sha256, resolved)
         pipe = self._with_vae(base, resolved.vae)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
@@ -122,11 +122,16 @@ class Renderer:
                 raise InvalidArgument("params.vae", f"unknown VAE {params.vae!r}") from None
         return _Resolved(loras, vae)
 
-    def _apply_loras(self, pipe: StableDiffusionPipeline, resolved: _Resolved) -> None:
+    def _apply_loras(
+        self, pipe: StableDiffusionPipeline, model_sha: str, resolved: _Resolved
+    ) -> None:
+        """Activates the job's LoRAs on `pipe`; adapters of other checkpoints are let go so
+        an evicted pipeline is not kept alive by them."""
         with self._lock:
-            adapters = self._adapters.setdefault(
-                id(pipe), LoraAdapters(pipe, max_adapters=self.max_adapters)
-            )
+            adapters = self._adapters.get(model_sha)
+            if adapters is None or adapters.pipe is not pipe:  # first use, or reloaded
+                adapters = LoraAdapters(pipe, max_adapters=self.max_adapters)
+                self._adapters = {model_sha: adapters}  # only the checkpoint in use
         adapters.apply(
             [
                 LoraRequest(model.sha256, self.cache.local_file(model), unet, te)

@@ -17,7 +17,7 @@ from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
 from services.generator.engine import Engine
 from services.generator.image_inputs import image_resolver
-from services.generator.model_cache import ModelCache
+from services.generator.model_cache import ModelCache, default_cache_bytes
 from services.generator.model_registry import ModelRegistry
 from services.generator.model_validation import validate_model_file
 from services.generator.renderer import Renderer
@@ -58,6 +58,7 @@ def build(settings: Settings) -> GrpcServer:
         settings.resolved_model_cache_dir,
         tokenizer_dir,
         max_loaded=settings.model_cache_max_loaded,
+        max_bytes=settings.model_cache_max_bytes or default_cache_bytes(device),
         device=device,
         dtype=torch.float16 if device.type == "cuda" else torch.float32,
     )

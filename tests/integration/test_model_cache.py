@@ -1,0 +1,90 @@
+"""Checkpoints from the store: a sha256-addressed file cache and a memory-bounded LRU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.common.object_store import MODELS_BUCKET, ObjectStore
+from services.common.proto.sdstack.v1 import common_pb2
+from services.generator.model_cache import ModelCache, pipeline_bytes
+from services.generator.model_registry import ModelRegistry
+from services.generator.tiny_model import save_tiny_model
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry(
+    object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+    clip_tokenizer_dir: Path,
+) -> ModelRegistry:
+    object_store.ensure_buckets([MODELS_BUCKET, "loras"])
+    registry = ModelRegistry(object_store)
+    for name, seed in (("cache-a", 0), ("cache-b", 1), ("cache-c", 2)):
+        files = save_tiny_model(tmp_path_factory.mktemp(name), clip_tokenizer_dir, seed=seed)
+        registry.import_file(
+            files.single_file,
+            name=name,
+            kind=common_pb2.MODEL_KIND_CHECKPOINT,
+            file_format="safetensors",
+            overwrite=True,
+        )
+    return registry
+
+
+def _cache(
+    registry: ModelRegistry, folder: Path, tokenizer: Path, *, max_loaded: int, max_bytes: int
+) -> ModelCache:
+    return ModelCache(
+        registry.store,
+        folder,
+        tokenizer,
+        max_loaded=max_loaded,
+        max_bytes=max_bytes,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+def _checkpoint(registry: ModelRegistry, name: str):
+    return registry.find(common_pb2.MODEL_KIND_CHECKPOINT, name)
+
+
+def test_files_are_cached_by_content(
+    registry: ModelRegistry, tmp_path: Path, clip_tokenizer_dir: Path
+) -> None:
+    cache = _cache(registry, tmp_path, clip_tokenizer_dir, max_loaded=2, max_bytes=1 << 40)
+    model = _checkpoint(registry, "cache-a")
+    path = cache.local_file(model)
+    assert path.name == f"{model.sha256}.safetensors"
+    assert cache.local_file(model) == path
+    assert cache.pipeline(model) is cache.pipeline(model), "a loaded pipeline was reloaded"
+
+
+def test_memory_budget_evicts_least_recently_used(
+    registry: ModelRegistry, tmp_path: Path, clip_tokenizer_dir: Path
+) -> None:
+    probe = _cache(registry, tmp_path / "probe", clip_tokenizer_dir, max_loaded=1, max_bytes=1)
+    one = pipeline_bytes(probe.pipeline(_checkpoint(registry, "cache-a")))
+    cache = _cache(
+        registry, tmp_path / "cache", clip_tokenizer_dir, max_loaded=8, max_bytes=int(one * 2.5)
+    )
+    a = cache.pipeline(_checkpoint(registry, "cache-a"))
+    cache.pipeline(_checkpoint(registry, "cache-b"))
+    assert cache.pipeline(_checkpoint(registry, "cache-a")) is a  # a is now most recent
+    cache.pipeline(_checkpoint(registry, "cache-c"))  # over budget: b goes, a stays
+    assert cache.loaded_bytes <= one * 2.5
+    assert cache.pipeline(_checkpoint(registry, "cache-a")) is a
+    assert cache.loaded == [_checkpoint(registry, n).sha256 for n in ("cache-c", "cache-a")]
+
+
+def test_one_pipeline_over_budget_is_still_kept(
+    registry: ModelRegistry, tmp_path: Path, clip_tokenizer_dir: Path
+) -> None:
+    cache = _cache(registry, tmp_path, clip_tokenizer_dir, max_loaded=8, max_bytes=1)
+    pipe = cache.pipeline(_checkpoint(registry, "cache-a"))
+    assert cache.pipeline(_checkpoint(registry, "cache-a")) is pipe
