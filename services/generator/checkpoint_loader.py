@@ -38,7 +38,7 @@ from services.generator.checkpoint_layout import (
     VAE_PREFIX,
     to_compvis_state_dict,
 )
-from services.generator.sd_configs import SD15, SDArchitecture
+from services.generator.sd_configs import SD15, TINY, SDArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,25 @@ def architecture_of(metadata: dict[str, str]) -> SDArchitecture:
         raise _invalid(f"malformed {ARCH_METADATA_KEY} metadata: {exc}") from exc
 
 
+KNOWN_ARCHITECTURES = (SD15, TINY)
+"""Tried in order for files that do not declare theirs: real files are SD 1.5; the
+project's tiny model may also travel as a plain `.ckpt` without metadata."""
+
+
+def detect_architecture(shapes: Shapes, metadata: dict[str, str]) -> SDArchitecture:
+    """The declared architecture, else the first known one the tensors fit (else SD 1.5's
+    error, the one a user with a real file needs to read)."""
+    if ARCH_METADATA_KEY in metadata:
+        return architecture_of(metadata)
+    for arch in KNOWN_ARCHITECTURES[1:]:
+        try:
+            validate_layout(shapes, arch)
+        except InvalidArgument:
+            continue
+        return arch
+    return SD15
+
+
 @lru_cache(maxsize=8)
 def expected_shapes(arch: SDArchitecture) -> Shapes:
     """Every tensor name and shape a single file of `arch` must hold (built on the meta device)."""
@@ -317,7 +336,7 @@ def check_single_file(path: Path, architecture: SDArchitecture | None = None) ->
     Cheap enough to run on upload: only the header is read.
     """
     shapes, metadata = read_safetensors_header(path)
-    arch = architecture or architecture_of(metadata)
+    arch = architecture or detect_architecture(shapes, metadata)
     validate_layout(shapes, arch)
     return arch
 
@@ -335,8 +354,9 @@ def _load_ckpt(
 ) -> StableDiffusionPipeline:
     """Safe-load the pickle, check it, and hand diffusers a temporary `.safetensors` of it."""
     tensors, metadata = load_ckpt(path)
-    arch = options.architecture or architecture_of(metadata)
-    validate_layout({k: tuple(v.shape) for k, v in tensors.items()}, arch)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    arch = options.architecture or detect_architecture(shapes, metadata)
+    validate_layout(shapes, arch)
     folder = config_folder(arch, config_root, tokenizer_dir)
     fd, tmp_name = tempfile.mkstemp(suffix=".safetensors", dir=config_root)
     os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 
@@ -20,7 +21,8 @@ from services.common.clients import GeneratorClient
 from services.common.errors import RemoteError
 from services.common.infotext import parse_infotext
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from services.generator.loras import make_kohya_lora
+from services.generator.checkpoint_layout import to_compvis_state_dict
+from services.generator.loras import make_diffusers_lora, make_kohya_lora
 from services.generator.samplers import SAMPLERS
 from services.generator.upscalers import make_esrgan_file
 from services.generator.vaes import make_vae_file
@@ -362,3 +364,77 @@ def test_a_malicious_checkpoint_leaves_the_generator_serving(
     assert raised.value.status is grpc.StatusCode.INVALID_ARGUMENT
     assert generator.is_serving()
     assert len(_run(generator)) == 1
+
+
+@pytest.mark.parametrize("fill", ["FILL", "ORIGINAL", "LATENT_NOISE", "LATENT_NOTHING"])
+def test_every_inpaint_fill_keeps_the_outside(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage, fill: str
+) -> None:
+    mask = np.zeros((SIZE, SIZE, 3))
+    mask[24:40, 24:40] = 255
+    (image,) = _run(
+        generator,
+        mode=generator_pb2.GENERATION_MODE_INPAINT,
+        img2img={"init_image": {"data": base_image.png}, "denoising_strength": 1.0},
+        inpaint={
+            "mask": {"data": _png(mask)},
+            "mask_blur": 0,
+            "fill": generator_pb2.InpaintFill.Value(f"INPAINT_FILL_{fill}"),
+            "invert_mask": True,
+        },
+    )
+    result, source = _pixels(image), _pixels(base_image)
+    assert np.array_equal(result[26:38, 26:38], source[26:38, 26:38]), "inverted: centre kept"
+    assert not np.array_equal(result[:16], source[:16])
+
+
+@pytest.mark.parametrize(
+    "resize_mode", ["JUST_RESIZE", "CROP_AND_RESIZE", "RESIZE_AND_FILL", "LATENT_UPSCALE"]
+)
+def test_img2img_resize_modes_give_the_asked_size(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage, resize_mode: str
+) -> None:
+    (image,) = _run(
+        generator,
+        mode=generator_pb2.GENERATION_MODE_IMG2IMG,
+        img2img={
+            "init_image": {"data": base_image.png},
+            "resize_mode": generator_pb2.ResizeMode.Value(f"RESIZE_MODE_{resize_mode}"),
+        },
+        params={"width": 96, "height": 64},
+    )
+    assert (image.width, image.height) == (96, 64)
+
+
+def test_diffusers_format_lora_and_ckpt_checkpoint_import_and_run(
+    generator: GeneratorClient,
+    tiny_pipe: StableDiffusionPipeline,
+    base_image: common_pb2.GeneratedImage,
+    tmp_path: Path,
+) -> None:
+    lora = make_diffusers_lora(tiny_pipe, tmp_path / "peft.safetensors", seed=4, scale=2.0)
+    generator.import_model(
+        lora, name="peft-style", kind=common_pb2.MODEL_KIND_LORA, file_format="safetensors"
+    )
+    (styled,) = _run(generator, params={"prompt": "a pavilion <lora:peft-style:1>"})
+    assert not np.array_equal(_pixels(styled), _pixels(base_image))
+
+    ckpt = tmp_path / "tiny.ckpt"
+    state = to_compvis_state_dict(tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder)
+    torch.save({"state_dict": state}, ckpt)
+    model = generator.import_model(
+        ckpt, name="tiny-ckpt", kind=common_pb2.MODEL_KIND_CHECKPOINT, file_format="ckpt"
+    )
+    assert model.title == f"tiny-ckpt.ckpt [{model.short_hash}]"
+    (image,) = _run(generator, params={"model": "tiny-ckpt", "sampler": "Euler"})
+    assert parse_infotext(image.infotext).params["Model"] == "tiny-ckpt"
+
+
+def test_a_job_past_its_deadline_is_stopped(generator: GeneratorClient) -> None:
+    request = generator_pb2.GenerateRequest(
+        params=common_pb2.GenerationParams(prompt="x", seed=1, width=256, height=256, steps=150),
+        timeout={"nanos": 300_000_000},
+    )
+    with pytest.raises(RemoteError) as raised:
+        generator.generate_images(request)
+    assert raised.value.status is grpc.StatusCode.DEADLINE_EXCEEDED

@@ -118,8 +118,11 @@ def test_malicious_pickle_is_refused_and_never_run(
 def test_ckpt_of_another_architecture_is_refused(
     tmp_path: Path, tiny_tensors: Tensors, load: Loader
 ) -> None:
-    ckpt = tmp_path / "tiny-as-sd15.ckpt"
-    torch.save(tiny_tensors, ckpt)
+    """Weights that fit no known SD 1.x architecture get the SD 1.5 check's message."""
+    odd = dict(tiny_tensors)
+    odd["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(48, 4, 3, 3)
+    ckpt = tmp_path / "odd.ckpt"
+    torch.save(odd, ckpt)
     with pytest.raises(InvalidArgument) as excinfo:
         load(ckpt)
     assert "not an SD 1.x checkpoint" in _rule(excinfo)
@@ -223,15 +226,18 @@ def test_sd2_style_checkpoint_is_named(tmp_path: Path, load: Loader) -> None:
     assert "SD 2.x" in _rule(excinfo)
 
 
-def test_tiny_weights_without_metadata_fail_the_sd15_shape_check(
+def test_tiny_weights_without_metadata_are_recognised(
     tmp_path: Path, tiny_tensors: Tensors, load: Loader
 ) -> None:
+    """A file that declares no architecture is matched against the known ones (SD 1.5 first,
+    then the tiny model), so the tiny model also travels as a plain file or `.ckpt`."""
     bare = tmp_path / "bare.safetensors"
     save_file(tiny_tensors, str(bare))
+    assert check_single_file(bare) == TINY
+    assert load(bare).unet.config.block_out_channels[0] == TINY.unet.block_out_channels[0]
     with pytest.raises(InvalidArgument) as excinfo:
-        load(bare)
+        check_single_file(bare, SD15)
     assert "U-Net input convolution is 32×4 channels, sd15 needs 320×4" in _rule(excinfo)
-    assert check_single_file(bare, TINY) == TINY
 
 
 def test_missing_and_misshapen_tensors_are_named(tmp_path: Path, tiny_tensors: Tensors) -> None:
