@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.object_store import ObjectStore
 from services.generator.checkpoint_loader import load_pipeline
+from services.generator.loras import LoraAdapters
 from services.generator.model_registry import StoredModel
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ModelCache:
         self.max_loaded = max_loaded
         self.max_bytes = max_bytes
         self._sizes: dict[str, int] = {}
+        self._adapters: dict[str, LoraAdapters] = {}
         self.device = device
         self.dtype = dtype
         self._loaded: OrderedDict[str, StableDiffusionPipeline] = OrderedDict()
@@ -81,6 +83,7 @@ class ModelCache:
             ).to(self.device)
             self._loaded[model.sha256] = pipe
             self._sizes[model.sha256] = pipeline_bytes(pipe)
+            self._adapters[model.sha256] = LoraAdapters(pipe)
             self._evict()
             elapsed = time.perf_counter() - started
             MODEL_LOAD_SECONDS.labels(model.name).observe(elapsed)
@@ -98,6 +101,12 @@ class ModelCache:
         self.store.download(model.bucket, model.key, path)
         return path
 
+    def adapters(self, model: StoredModel) -> LoraAdapters:
+        """The LoRA adapters living in `model`'s loaded pipeline; they go when it goes."""
+        self.pipeline(model)
+        with self._lock:
+            return self._adapters[model.sha256]
+
     @property
     def loaded(self) -> list[str]:
         """sha256 of the loaded checkpoints, least recently used first."""
@@ -113,6 +122,7 @@ class ModelCache:
             len(self._loaded) > self.max_loaded or self.loaded_bytes > self.max_bytes
         ):
             evicted, _ = self._loaded.popitem(last=False)
+            self._adapters.pop(evicted, None)
             freed = self._sizes.pop(evicted)
             log.info("unloaded checkpoint %s (%d MiB)", evicted[:10], freed >> 20)
         MODEL_CACHE_BYTES.set(self.loaded_bytes)

@@ -20,7 +20,7 @@ from services.common.infotext import format_infotext, format_lora_hashes, png_wi
 from services.common.proto.sdstack.v1 import common_pb2
 from services.generator import modes
 from services.generator.jobs import GenerationJob, Mode, Params
-from services.generator.loras import LoraAdapters, LoraRequest
+from services.generator.loras import LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.model_registry import ModelRegistry, StoredModel
 from services.generator.prompts import PromptEncoder
@@ -59,13 +59,9 @@ class _Resolved:
 
 
 class Renderer:
-    def __init__(
-        self, registry: ModelRegistry, cache: ModelCache, *, max_adapters: int = 8
-    ) -> None:
+    def __init__(self, registry: ModelRegistry, cache: ModelCache) -> None:
         self.registry = registry
         self.cache = cache
-        self.max_adapters = max_adapters
-        self._adapters: dict[str, LoraAdapters] = {}
         self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
         self._upscalers: OrderedDict[str, Upscaler] = OrderedDict()
         self._lock = threading.Lock()
@@ -79,7 +75,7 @@ class Renderer:
     ) -> list[RenderedImage]:
         resolved = self._resolve(job.params)
         base = self.cache.pipeline(model)
-        self._apply_loras(base, model.sha256, resolved)
+        self._apply_loras(model, resolved)
         pipe = self._with_vae(base, resolved.vae)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
@@ -122,20 +118,12 @@ class Renderer:
                 raise InvalidArgument("params.vae", f"unknown VAE {params.vae!r}") from None
         return _Resolved(loras, vae)
 
-    def _apply_loras(
-        self, pipe: StableDiffusionPipeline, model_sha: str, resolved: _Resolved
-    ) -> None:
-        """Activates the job's LoRAs on `pipe`; adapters of other checkpoints are let go so
-        an evicted pipeline is not kept alive by them."""
-        with self._lock:
-            adapters = self._adapters.get(model_sha)
-            if adapters is None or adapters.pipe is not pipe:  # first use, or reloaded
-                adapters = LoraAdapters(pipe, max_adapters=self.max_adapters)
-                self._adapters = {model_sha: adapters}  # only the checkpoint in use
-        adapters.apply(
+    def _apply_loras(self, model: StoredModel, resolved: _Resolved) -> None:
+        """Activates exactly the job's LoRAs (none: the base model, exactly)."""
+        self.cache.adapters(model).apply(
             [
-                LoraRequest(model.sha256, self.cache.local_file(model), unet, te)
-                for model, unet, te in resolved.loras
+                LoraRequest(lora.sha256, self.cache.local_file(lora), unet, te)
+                for lora, unet, te in resolved.loras
             ]
         )
 

@@ -428,6 +428,8 @@ def test_diffusers_format_lora_and_ckpt_checkpoint_import_and_run(
     assert model.title == f"tiny-ckpt.ckpt [{model.short_hash}]"
     (image,) = _run(generator, params={"model": "tiny-ckpt", "sampler": "Euler"})
     assert parse_infotext(image.infotext).params["Model"] == "tiny-ckpt"
+    (after,) = _run(generator)
+    assert np.array_equal(_pixels(after), _pixels(base_image)), "a LoRA outlived a model switch"
 
 
 def test_a_job_past_its_deadline_is_stopped(generator: GeneratorClient) -> None:

@@ -17,6 +17,7 @@ from services.common.errors import AlreadyExists, Cancelled, DeadlineExceeded, O
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.generator.engine import Engine, Failed, Finished, JobHandle, Progress, Queued
 from services.generator.jobs import GenerationJob, job_from_request
+from services.generator.loras import LoraAdapters
 from services.generator.model_registry import StoredModel
 from services.generator.renderer import Renderer
 
@@ -41,11 +42,16 @@ class GatedModels:
         self.pipe = pipe
         self.gate = threading.Event()
         self.asked = threading.Event()
+        self._adapters = LoraAdapters(pipe)
 
     def pipeline(self, _model: StoredModel) -> StableDiffusionPipeline:
         self.asked.set()
         assert self.gate.wait(30), "the test never opened the gate"
         return self.pipe
+
+    def adapters(self, model: StoredModel) -> LoraAdapters:
+        self.pipeline(model)
+        return self._adapters
 
 
 @pytest.fixture(scope="module")
