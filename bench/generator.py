@@ -31,7 +31,7 @@ import diffusers
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sdstack.launcher import Stack, free_ports
+from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
 from services.common.config import load_settings
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
@@ -50,16 +50,6 @@ in-process, with the same initial noise. sdstack: a gRPC client calling the gene
 process (A1111 prompt weighting, PNG with infotext included). Command: `.venv/bin/{command}`.
 """
 PROMPT = "a timber pavilion by a lake, morning light"
-PORTS = (
-    "gateway_port",
-    "generator_port",
-    "trainer_port",
-    "gallery_port",
-    "generator_metrics_port",
-    "trainer_metrics_port",
-    "gallery_metrics_port",
-    "s3_port",
-)
 
 
 def timed(run: Callable[[], object], repeats: int) -> list[float]:
@@ -89,7 +79,7 @@ class Bench:
             s3_endpoint="",
             log_level="WARNING",
             queue_size=64,
-            **dict(zip(PORTS, free_ports(len(PORTS)), strict=True)),
+            **free_port_settings(),
         )
         self.stack = Stack(settings)
         self.settings = settings

@@ -31,6 +31,17 @@ from services.common.s3_server import LocalS3Server
 log = logging.getLogger("sdstack.up")
 
 STARTUP_TIMEOUT_SECONDS = 300.0
+PORT_SETTINGS = (
+    "gateway_port",
+    "generator_port",
+    "trainer_port",
+    "gallery_port",
+    "generator_metrics_port",
+    "trainer_metrics_port",
+    "gallery_metrics_port",
+    "s3_port",
+)
+"""Every port a local stack listens on (the S3 one only when it runs the bundled server)."""
 STOP_TIMEOUT_SECONDS = 20.0
 
 
@@ -53,19 +64,9 @@ class Stack:
 
     def check_ports(self) -> None:
         s = self.settings
-        ports = {
-            "SDSTACK_GATEWAY_PORT": s.gateway_port,
-            "SDSTACK_GENERATOR_PORT": s.generator_port,
-            "SDSTACK_TRAINER_PORT": s.trainer_port,
-            "SDSTACK_GALLERY_PORT": s.gallery_port,
-            "SDSTACK_GENERATOR_METRICS_PORT": s.generator_metrics_port,
-            "SDSTACK_TRAINER_METRICS_PORT": s.trainer_metrics_port,
-            "SDSTACK_GALLERY_METRICS_PORT": s.gallery_metrics_port,
-        }
-        if not s.s3_endpoint:
-            ports["SDSTACK_S3_PORT"] = s.s3_port
-        for setting, port in ports.items():
-            ensure_port_free(s.host, port, setting)
+        for name in PORT_SETTINGS:
+            if name != "s3_port" or not s.s3_endpoint:
+                ensure_port_free(s.host, getattr(s, name), f"SDSTACK_{name.upper()}")
 
     def start(self) -> None:
         self.check_ports()
@@ -194,6 +195,11 @@ def free_ports(count: int) -> list[int]:
     for probe in sockets:
         probe.close()
     return ports
+
+
+def free_port_settings() -> dict[str, int]:
+    """A free port for every port setting, for a stack beside another (tests, benchmarks)."""
+    return dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
 
 
 def run_stack(settings: Settings) -> int:

@@ -4,11 +4,11 @@ Registered for the whole suite by `tests/conftest.py`."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
+from sdstack.launcher import free_ports
 from services.common.object_store import ObjectStore
 from services.common.s3_server import LocalS3Server
 
@@ -16,11 +16,9 @@ ACCESS_KEY = "sdstack-test"
 SECRET_KEY = "sdstack-test-secret"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     """A port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

@@ -14,25 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdstack.launcher import Stack, free_ports
+from sdstack.launcher import Stack, free_port_settings
 from services.common.config import Settings, load_settings
 from services.common.object_store import ObjectStore
 from services.generator.demo_model import DEMO_MODEL_NAME
 
-PORT_SETTINGS = (
-    "gateway_port",
-    "generator_port",
-    "trainer_port",
-    "gallery_port",
-    "generator_metrics_port",
-    "trainer_metrics_port",
-    "gallery_metrics_port",
-    "s3_port",
-)
-
 
 def stack_settings(data_dir: Path, tokenizer_dir: Path, **overrides: object) -> Settings:
-    ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True))
+    ports = free_port_settings()
     defaults = {"s3_endpoint": "", "database_url": "", "log_level": "WARNING"}
     return load_settings(
         data_dir=data_dir,

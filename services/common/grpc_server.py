@@ -173,7 +173,7 @@ class _RpcScope:
     def run_stream(self, call: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         try:
             yield from call()
-        except Exception as error:
+        except Exception as error:  # as in `run`: a failure mid-stream becomes a status too
             self._abort(error)
 
     def _abort(self, error: Exception) -> None:

@@ -276,7 +276,7 @@ class Engine:
         except SdstackError as error:
             for handle in live:
                 self._fail(handle, handle.stop_reason() or error)
-        except Exception:
+        except Exception:  # a bug in a library or ours: the jobs fail, the worker lives on
             log.exception("generation failed")
             for handle in live:
                 self._fail(handle, SdstackError("generation failed; see the generator log"))

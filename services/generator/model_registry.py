@@ -92,11 +92,13 @@ class ModelRegistry:
         return sorted(models, key=lambda m: (m.kind, m.name.lower()))
 
     def find(self, kind: Kind, name: str) -> StoredModel:
-        bucket, prefix = _PLACES[check_kind(kind)]
-        for file_format in sorted(FORMATS[kind]):
-            key = f"{prefix}{name}.{file_format}"
-            if _NAME.match(name) and self.store.exists(bucket, key):
-                model = self._from_key(kind, key)
+        _, prefix = _PLACES[check_kind(kind)]
+        if _NAME.match(name):
+            for file_format in sorted(FORMATS[kind]):
+                try:
+                    model = self._from_key(kind, f"{prefix}{name}.{file_format}")
+                except NotFound:
+                    continue
                 if model is not None:
                     return model
         raise NotFound(common_pb2.ModelKind.Name(kind).removeprefix("MODEL_KIND_").lower(), name)

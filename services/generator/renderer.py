@@ -79,8 +79,9 @@ class Renderer:
         pipe = self._with_vae(base, resolved.vae)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
+        whole_job = self._sampling(pipe, job, counter, on_preview)
         for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
-            sampling = self._sampling(pipe, job, batch, counter, on_preview)
+            sampling = _batch(whole_job, job, batch)
             for image, seed, subseed in zip(
                 self._run_mode(pipe, job, sampling),
                 sampling.seeds,
@@ -148,14 +149,11 @@ class Renderer:
         self,
         pipe: StableDiffusionPipeline,
         job: GenerationJob,
-        batch: int,
         counter: _StepCounter,
         on_preview: PreviewCallback | None,
     ) -> modes.Sampling:
+        """The job's sampling settings, prompts encoded once for all its batches."""
         p = job.params
-        size = 1 if job.mode is Mode.UPSCALE else p.batch_size
-        seeds = p.seeds()[batch * size : (batch + 1) * size]
-        subseeds = p.subseeds()[batch * size : (batch + 1) * size] if p.subseed_strength else []
         cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_pair(
             p.prompt, p.negative_prompt, p.clip_skip
         )
@@ -165,8 +163,8 @@ class Renderer:
             scheduler_factory=_scheduler_factory(pipe, p.sampler, p.schedule_type),
             steps=p.steps,
             cfg_scale=p.cfg_scale,
-            seeds=seeds,
-            subseeds=subseeds,
+            seeds=p.seeds(),
+            subseeds=p.subseeds() if p.subseed_strength else [],
             subseed_strength=p.subseed_strength,
             eta=p.eta,
             on_step=counter.step,
@@ -292,6 +290,14 @@ class Renderer:
                 while len(self._upscalers) > 2:
                     self._upscalers.popitem(last=False)
             return model
+
+
+def _batch(whole_job: modes.Sampling, job: GenerationJob, batch: int) -> modes.Sampling:
+    """The seeds of batch `batch` (an upscale makes one image)."""
+    size = 1 if job.mode is Mode.UPSCALE else job.params.batch_size
+    window = slice(batch * size, (batch + 1) * size)
+    subseeds = list(whole_job.subseeds)[window] if whole_job.subseeds else []
+    return replace(whole_job, seeds=list(whole_job.seeds)[window], subseeds=subseeds)
 
 
 class _StepCounter:
