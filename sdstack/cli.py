@@ -2,7 +2,8 @@
 
 sdstack up                       start the whole stack (what `make up` runs)
 sdstack models list              models in the store
-sdstack models import PATH       upload a checkpoint, VAE, LoRA or upscaler
+sdstack models import PATH       upload a checkpoint (file or diffusers folder), VAE, LoRA
+                                 or upscaler
 sdstack models make-tiny DIR     build the tiny SD model (diffusers folder + single file)
 sdstack generate "prompt"        make images over gRPC and write the PNGs
 """
@@ -12,10 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
+from services.common.archives import zip_folder
 from services.common.clients import GeneratorClient
 from services.common.config import Settings, load_settings
 from services.common.errors import ConfigError, SdstackError
@@ -52,16 +55,26 @@ def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_models_import(settings: Settings, args: argparse.Namespace) -> int:
     path: Path = args.path
+    if path.is_dir():
+        with tempfile.TemporaryDirectory(prefix="sdstack-upload-") as scratch:
+            archive = zip_folder(path, Path(scratch) / f"{path.name}.zip")
+            return _upload_model(settings, args, archive, name=path.name, file_format="diffusers")
     if not path.is_file():
-        raise ConfigError("PATH", f"{path} is not a file")
+        raise ConfigError("PATH", f"{path} is not a file or a diffusers folder")
     file_format = path.suffix.lstrip(".").lower()
+    return _upload_model(settings, args, path, name=path.stem, file_format=file_format)
+
+
+def _upload_model(
+    settings: Settings, args: argparse.Namespace, path: Path, *, name: str, file_format: str
+) -> int:
     with GeneratorClient(settings.target("generator")) as client:
         size = path.stat().st_size
         with tqdm(total=size, unit="B", unit_scale=True, desc=f"uploading {path.name}") as bar:
             model = client.import_model(
                 path,
                 on_chunk=bar.update,
-                name=args.name or path.stem,
+                name=args.name or name,
                 kind=KINDS[args.kind],
                 file_format=file_format,
                 overwrite=args.overwrite,
@@ -123,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models.add_parser("list", help="list models")
     listing.add_argument("--kind", choices=sorted(KINDS))
     listing.set_defaults(run=cmd_models_list)
-    importing = models.add_parser("import", help="upload a model file")
+    importing = models.add_parser("import", help="upload a model file or diffusers folder")
     importing.add_argument("path", type=Path)
     importing.add_argument("--kind", choices=sorted(KINDS), default="checkpoint")
-    importing.add_argument("--name", help="name to store it under (default: file stem)")
+    importing.add_argument("--name", help="name to store it under (default: its stem)")
     importing.add_argument("--overwrite", action="store_true")
     importing.set_defaults(run=cmd_models_import)
     tiny = models.add_parser("make-tiny", help="build the tiny SD test model")

@@ -321,6 +321,7 @@ def _from_single_file(path: Path, folder: Path, dtype: torch.dtype) -> StableDif
             str(path),
             config=str(folder),
             local_files_only=True,
+            use_safetensors=True,
             dtype=dtype,
             safety_checker=None,
             requires_safety_checker=False,
@@ -379,6 +380,7 @@ def _load_folder(path: Path, tokenizer_dir: Path, dtype: torch.dtype) -> StableD
         return StableDiffusionPipeline.from_pretrained(
             str(path),
             local_files_only=True,
+            use_safetensors=True,
             dtype=dtype,
             safety_checker=None,
             feature_extractor=None,

@@ -127,7 +127,7 @@ class Img2ImgSpec:
 @dataclass(frozen=True)
 class InpaintSpec:
     mask: Image.Image
-    mask_blur: int
+    mask_blur: tuple[int, int]  # (horizontal, vertical) radius
     fill: str
     only_masked: bool
     padding: int
@@ -341,12 +341,16 @@ def _inpaint(
     mask = _image(check, o.mask, "inpaint.mask", resolve)
     blur = o.mask_blur if o.HasField("mask_blur") else 4
     check.require(0 <= blur <= 64, "inpaint.mask_blur", "must be between 0 and 64")
+    blur_x = o.mask_blur_x if o.HasField("mask_blur_x") else blur
+    check.require(0 <= blur_x <= 64, "inpaint.mask_blur_x", "must be between 0 and 64")
+    blur_y = o.mask_blur_y if o.HasField("mask_blur_y") else blur
+    check.require(0 <= blur_y <= 64, "inpaint.mask_blur_y", "must be between 0 and 64")
     padding = o.only_masked_padding if o.HasField("only_masked_padding") else 32
     check.require(0 <= padding <= 256, "inpaint.only_masked_padding", "must be between 0 and 256")
     if mask is None:
         return None
     return InpaintSpec(
-        mask.convert("L"), blur, _FILLS[o.fill], o.only_masked, padding, o.invert_mask
+        mask.convert("L"), (blur_x, blur_y), _FILLS[o.fill], o.only_masked, padding, o.invert_mask
     )
 
 

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.object_store import ObjectStore
 from services.generator.checkpoint_loader import load_pipeline
 from services.generator.loras import LoraAdapters
-from services.generator.model_registry import StoredModel
+from services.generator.model_registry import DIFFUSERS, ModelRegistry, StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,18 @@ class ModelCache:
             return pipe
 
     def local_file(self, model: StoredModel) -> Path:
-        """The model's file on local disk, downloaded (and sha256-checked) if missing."""
+        """The model's file (or diffusers folder) on local disk, downloaded and
+        sha256-checked if missing."""
         path = self.cache_dir / "files" / f"{model.sha256 or model.name}.{model.format}"
         if path.exists():
             MODEL_CACHE_REQUESTS.labels("file").inc()
             return path
         MODEL_CACHE_REQUESTS.labels("store").inc()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.store.download(model.bucket, model.key, path)
+        if model.format == DIFFUSERS:
+            ModelRegistry(self.store).download_folder(model, path)
+        else:
+            self.store.download(model.bucket, model.key, path)
         return path
 
     def adapters(self, model: StoredModel) -> LoraAdapters:

@@ -3,17 +3,27 @@ and LoRAs (bucket `loras`). The generator is the one writer of both buckets.
 
 Object keys: `checkpoints/<name>.<ext>`, `vae/<name>.<ext>`, `upscalers/<name>.<ext>`,
 `taggers/<name>.<ext>` in `models`; `<name>.safetensors` in `loras`.
+
+A diffusers folder is uploaded as a zip and stored as its files under
+`checkpoints/<name>/<version>/` plus a manifest `checkpoints/<name>.diffusers` (JSON: each
+file's path, size and sha256) written last: a half-finished upload has no manifest and so
+is no model, and the manifest's own sha256 identifies the folder's content (its first 10
+hex are the short hash shown for it, as A1111 does for single files).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from services.common.archives import extract_zip, safe_member_path
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
@@ -28,12 +38,17 @@ _PLACES: dict[Kind, tuple[str, str]] = {
     common_pb2.MODEL_KIND_LORA: (LORAS_BUCKET, ""),
 }
 FORMATS: dict[Kind, frozenset[str]] = {
-    common_pb2.MODEL_KIND_CHECKPOINT: frozenset({"safetensors", "ckpt"}),
+    common_pb2.MODEL_KIND_CHECKPOINT: frozenset({"safetensors", "ckpt", "diffusers"}),
     common_pb2.MODEL_KIND_VAE: frozenset({"safetensors", "ckpt", "pt"}),
     common_pb2.MODEL_KIND_UPSCALER: frozenset({"pth", "safetensors"}),
     common_pb2.MODEL_KIND_TAGGER: frozenset({"onnx"}),
     common_pb2.MODEL_KIND_LORA: frozenset({"safetensors"}),
 }
+DIFFUSERS = "diffusers"
+# Weights only as safetensors: a folder's `.bin` files would be pickles.
+_FOLDER_SUFFIXES = frozenset({".json", ".txt", ".safetensors"})
+_FOLDER_MAX_BYTES = 16 << 30
+_FOLDER_MAX_FILES = 256
 _NAME = re.compile(r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$")
 
 
@@ -121,11 +136,63 @@ class ModelRegistry:
             raise InvalidArgument("format", f"must be one of {allowed} for this kind")
         if not overwrite and self._exists(kind, name):
             raise AlreadyExists(f"a model named {name!r} already exists; set overwrite")
+        if file_format == DIFFUSERS:
+            return self._import_folder(path, name, validate)
         if validate is not None:
             validate(path, kind, file_format)
         bucket, prefix = _PLACES[kind]
         self.store.put_file(bucket, f"{prefix}{name}.{file_format}", path)
         return self.find(kind, name)
+
+    def _import_folder(self, archive: Path, name: str, validate: Validator | None) -> StoredModel:
+        """Unpacks a zipped diffusers folder, checks it, stores its files, then the manifest."""
+        kind = common_pb2.MODEL_KIND_CHECKPOINT
+        with tempfile.TemporaryDirectory(prefix="sdstack-import-") as scratch:
+            unpacked = Path(scratch) / "folder"
+            extract_zip(
+                archive,
+                unpacked,
+                field_name="file",
+                max_bytes=_FOLDER_MAX_BYTES,
+                max_files=_FOLDER_MAX_FILES,
+                allowed_suffixes=_FOLDER_SUFFIXES,
+            )
+            root = _model_index_folder(unpacked)
+            if validate is not None:
+                validate(root, kind, DIFFUSERS)
+            folder_prefix = f"checkpoints/{name}/{uuid.uuid4().hex}/"
+            files = []
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                relative = path.relative_to(root).as_posix()
+                info = self.store.put_file(MODELS_BUCKET, folder_prefix + relative, path)
+                files.append({"path": relative, "size": info.size, "sha256": info.sha256})
+        manifest = {"format": DIFFUSERS, "prefix": folder_prefix, "files": files}
+        self.store.put(
+            MODELS_BUCKET,
+            f"checkpoints/{name}.{DIFFUSERS}",
+            json.dumps(manifest, sort_keys=True).encode(),
+            content_type="application/json",
+        )
+        self._delete_folder_files(name, keep=folder_prefix)
+        return self.find(kind, name)
+
+    def download_folder(self, model: StoredModel, dest: Path) -> None:
+        """Fetches a stored diffusers folder into `dest`, which appears whole or not at all."""
+        manifest = json.loads(self.store.get_bytes(model.bucket, model.key))
+        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            for entry in manifest["files"]:
+                relative = str(safe_member_path(entry["path"], "manifest"))
+                self.store.download(model.bucket, manifest["prefix"] + relative, staging / relative)
+            staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _delete_folder_files(self, name: str, keep: str = "") -> None:
+        """Removes the files of a folder model's other versions (all of them by default)."""
+        for entry in self.store.list(MODELS_BUCKET, prefix=f"checkpoints/{name}/"):
+            if not keep or not entry.key.startswith(keep):
+                self.store.delete(MODELS_BUCKET, entry.key)
 
     def import_stream(self, chunks: Iterable[bytes], **kwargs: object) -> StoredModel:
         """Spools an upload to a temporary file, then `import_file`s it."""
@@ -142,6 +209,8 @@ class ModelRegistry:
         except NotFound:
             return False
         self.store.delete(model.bucket, model.key)
+        if model.format == DIFFUSERS:
+            self._delete_folder_files(model.name)
         return True
 
     def _exists(self, kind: Kind, name: str) -> bool:
@@ -167,3 +236,13 @@ class ModelRegistry:
             format=file_format,
             created_at=info.last_modified,
         )
+
+
+def _model_index_folder(unpacked: Path) -> Path:
+    """The folder holding `model_index.json`: the archive's root or its one top folder."""
+    if (unpacked / "model_index.json").is_file():
+        return unpacked
+    tops = list(unpacked.iterdir())
+    if len(tops) == 1 and (tops[0] / "model_index.json").is_file():
+        return tops[0]
+    raise InvalidArgument("file", "a diffusers folder needs model_index.json at its top")

@@ -1,7 +1,8 @@
 """Checks an uploaded model file before it enters the store, so that nothing in the store
 is unloadable or unsafe. Pickles are only ever read through the safe loader.
 
-- checkpoints: SD 1.x, checked from the safetensors header alone (a `.ckpt` is built once);
+- checkpoints: SD 1.x, checked from the safetensors header alone (a `.ckpt` or a diffusers
+  folder is loaded once);
 - LoRAs: a kohya/A1111 or diffusers layout, from the header;
 - VAEs: VAE tensors, safely read (whether they fit a checkpoint is checked at use);
 - upscalers: an ESRGAN-family network;
@@ -28,6 +29,8 @@ def validate_model_file(
     """Raises `InvalidArgument` naming the problem when `path` is not a usable `kind`."""
     if kind == common_pb2.MODEL_KIND_CHECKPOINT and file_format == "safetensors":
         check_single_file(path)
+    elif kind == common_pb2.MODEL_KIND_CHECKPOINT and path.is_dir():
+        load_pipeline(path, config_root=config_root, tokenizer_dir=tokenizer_dir)
     elif kind == common_pb2.MODEL_KIND_CHECKPOINT:
         _with_suffix(path, file_format, lambda p: _load_ckpt(p, config_root, tokenizer_dir))
     elif kind == common_pb2.MODEL_KIND_LORA:

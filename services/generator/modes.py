@@ -44,6 +44,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidArgument
+from services.generator.prompts import EmbedSchedule
 
 LATENT_FACTOR = 8
 MAX_SIDE = 8192
@@ -105,8 +106,8 @@ class Sampling:
     denoised estimate when it gives one (what A1111 previews), else the current latents.
     """
 
-    prompt_embeds: torch.Tensor
-    negative_embeds: torch.Tensor
+    prompt_embeds: torch.Tensor | EmbedSchedule
+    negative_embeds: torch.Tensor | EmbedSchedule
     scheduler_factory: Callable[[], SchedulerMixin]
     steps: int
     cfg_scale: float
@@ -154,7 +155,8 @@ class _Start:
 
 @dataclass(frozen=True)
 class _Conditioning:
-    embeds: torch.Tensor
+    embeds: EmbedSchedule
+    """Per step, the batch's embeddings (negative first when guided)."""
     cfg_scale: float
     unet_extra: torch.Tensor | None
 
@@ -248,7 +250,7 @@ def _denoise(
     cond = _conditioning(pipe, s, start, shape)
     step_kwargs = _step_kwargs(scheduler, s, shape)
     for i, t in enumerate(timesteps):
-        prediction = _predict(pipe, scheduler, latents, t, cond)
+        prediction = _predict(pipe, scheduler, latents, t, cond.embeds.at(i + 1), cond)
         output = scheduler.step(prediction, t, latents, **step_kwargs)
         latents = output.prev_sample
         if start.keep is not None:
@@ -297,17 +299,28 @@ def _first_latents(
 def _conditioning(
     pipe: StableDiffusionPipeline, s: Sampling, start: _Start, shape: tuple[int, int, int]
 ) -> _Conditioning:
-    """Embeddings (negative first when guided) and any 9-channel extra input, per image."""
+    """Embeddings per step (negative first when guided) and any 9-channel extra input,
+    per image."""
     device, dtype = pipe._execution_device, pipe.unet.dtype
-    embeds = _per_image(s.prompt_embeds, s.batch_size)
+    positive, negative = _as_schedule(s.prompt_embeds), _as_schedule(s.negative_embeds)
+    ends = tuple(sorted(set(positive.ends) | set(negative.ends)))
+    per_step = []
+    for end in ends:
+        embeds = _per_image(positive.at(end), s.batch_size)
+        if s.cfg_scale > 1:
+            embeds = torch.cat([_per_image(negative.at(end), s.batch_size), embeds])
+        per_step.append(embeds.to(device=device, dtype=dtype))
     extra = start.unet_extra
     if extra is None and _is_inpainting_model(pipe):
         extra = _unmasked_extra(pipe, shape).repeat(s.batch_size, 1, 1, 1)
-    if s.cfg_scale > 1:
-        embeds = torch.cat([_per_image(s.negative_embeds, s.batch_size), embeds])
-        extra = None if extra is None else torch.cat([extra, extra])
+    if s.cfg_scale > 1 and extra is not None:
+        extra = torch.cat([extra, extra])
     extra = None if extra is None else extra.to(device=device, dtype=dtype)
-    return _Conditioning(embeds.to(device=device, dtype=dtype), s.cfg_scale, extra)
+    return _Conditioning(EmbedSchedule(ends, tuple(per_step)), s.cfg_scale, extra)
+
+
+def _as_schedule(embeds: torch.Tensor | EmbedSchedule) -> EmbedSchedule:
+    return embeds if isinstance(embeds, EmbedSchedule) else EmbedSchedule.constant(embeds)
 
 
 def _per_image(embeds: torch.Tensor, count: int) -> torch.Tensor:
@@ -337,6 +350,7 @@ def _predict(
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
     t: torch.Tensor,
+    embeds: torch.Tensor,
     cond: _Conditioning,
 ) -> torch.Tensor:
     """The U-Net's noise prediction, with classifier-free guidance when cfg > 1."""
@@ -344,7 +358,7 @@ def _predict(
     model_input = scheduler.scale_model_input(model_input, t)
     if cond.unet_extra is not None:
         model_input = torch.cat([model_input, cond.unet_extra], dim=1)
-    prediction = pipe.unet(model_input, t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
+    prediction = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
     if not cond.guided:
         return prediction
     unconditional, text = prediction.chunk(2)
@@ -543,7 +557,7 @@ def inpaint(
     mask: Image.Image,
     *,
     strength: float = 0.75,
-    mask_blur: int = 4,
+    mask_blur: int | tuple[int, int] = 4,
     fill: InpaintFill = "original",
     only_masked: bool = False,
     padding: int = 32,
@@ -554,18 +568,18 @@ def inpaint(
 ) -> list[Image.Image]:
     """Repaint where `mask` is white (black with `invert`), A1111 style.
 
-    The mask is Gaussian-blurred by `mask_blur`. `only_masked` crops the mask's bounding box
-    plus `padding`, widened to width:height, samples that crop at width×height and pastes it
-    back, so the output has the init image's size; otherwise the image is fitted to
-    width×height by `resize_mode`. Always finishes with A1111's overlay: the original composited
-    back outside the blurred mask, so pixels where it is 0 are exactly the input's.
+    The mask is Gaussian-blurred by `mask_blur` (one radius, or horizontal and vertical).
+    `only_masked` crops the mask's bounding box plus `padding`, widened to width:height,
+    samples that crop at width×height and pastes it back, so the output has the init image's
+    size; otherwise the image is fitted to width×height by `resize_mode`. Always finishes
+    with A1111's overlay: the original composited back outside the blurred mask, so pixels
+    where it is 0 are exactly the input's.
     """
-    _check_inpaint(strength, mask_blur, fill, padding, width, height, resize_mode)
+    blur = mask_blur if isinstance(mask_blur, tuple) else (mask_blur, mask_blur)
+    _check_inpaint(strength, blur, fill, padding, width, height, resize_mode)
     image = _to_rgb(init)
     repaint = _repaint_mask(image, mask, invert)
-    area = _inpaint_area(
-        image, repaint, mask_blur, only_masked, padding, (width, height), resize_mode
-    )
+    area = _inpaint_area(image, repaint, blur, only_masked, padding, (width, height), resize_mode)
     if strength == 0:
         return [area.original.copy() for _ in s.seeds]
     work = _fill_masked(area.work_image, area.work_mask) if fill == "fill" else area.work_image
@@ -577,7 +591,7 @@ def inpaint(
 
 def _check_inpaint(
     strength: float,
-    mask_blur: int,
+    mask_blur: tuple[int, int],
     fill: str,
     padding: int,
     width: int,
@@ -585,7 +599,11 @@ def _check_inpaint(
     resize_mode: str,
 ) -> None:
     _check_unit("img2img.denoising_strength", strength)
-    _check_range("inpaint.mask_blur", mask_blur, 0, MAX_MASK_BLUR)
+    same = mask_blur[0] == mask_blur[1]
+    _check_range(
+        "inpaint.mask_blur" if same else "inpaint.mask_blur_x", mask_blur[0], 0, MAX_MASK_BLUR
+    )
+    _check_range("inpaint.mask_blur_y", mask_blur[1], 0, MAX_MASK_BLUR)
     _check_choice("inpaint.fill", fill, INPAINT_FILLS)
     _check_range("inpaint.only_masked_padding", padding, 0, MAX_PADDING)
     _check_size(width, height)
@@ -617,36 +635,45 @@ def _alpha_mask(mask: Image.Image) -> Image.Image | None:
     return alpha.point(lambda v: 255 if v > 128 else 0)
 
 
-def blur_mask(mask: Image.Image, radius: float) -> Image.Image:
-    """A1111's mask blur: a separable Gaussian, sigma = radius, kernel 2·int(2.5·radius+0.5)+1.
+def blur_mask(mask: Image.Image, radius: float, radius_y: float | None = None) -> Image.Image:
+    """A1111's mask blur: a Gaussian per axis (horizontal `radius`, vertical `radius_y`,
+    default the same), sigma = radius, kernel 2·int(2.5·radius+0.5)+1.
 
     Borders are mirrored (OpenCV's default). Pixels farther than the kernel's half width from
     any painted pixel stay exactly 0.
     """
+    values = np.asarray(mask.convert("L"), dtype=np.float32)
+    values = _gaussian_along(values, radius, axis=1)
+    values = _gaussian_along(values, radius if radius_y is None else radius_y, axis=0)
+    blurred = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(blurred, "L")
+
+
+def _gaussian_along(values: np.ndarray, radius: float, axis: int) -> np.ndarray:
+    """`values` [h, w] blurred along rows (axis 1) or columns (axis 0), borders mirrored."""
     if radius <= 0:
-        return mask.copy()
+        return values
     half = int(2.5 * radius + 0.5)
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
     kernel = torch.exp(-(offsets**2) / (2.0 * radius**2))
     kernel /= kernel.sum()
-    padded = np.pad(np.asarray(mask.convert("L"), dtype=np.float32), half, mode="reflect")
-    values = torch.from_numpy(padded)[None, None]
-    values = F.conv2d(values, kernel.view(1, 1, 1, -1))
-    values = F.conv2d(values, kernel.view(1, 1, -1, 1))
-    blurred = values[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-    return Image.fromarray(blurred, "L")
+    widths = [(0, 0), (0, 0)]
+    widths[axis] = (half, half)
+    padded = torch.from_numpy(np.pad(values, widths, mode="reflect"))[None, None]
+    shape = (1, 1, 1, -1) if axis == 1 else (1, 1, -1, 1)
+    return F.conv2d(padded, kernel.view(shape))[0, 0].numpy()
 
 
 def _inpaint_area(
     image: Image.Image,
     repaint: Image.Image,
-    mask_blur: int,
+    mask_blur: tuple[int, int],
     only_masked: bool,
     padding: int,
     size: tuple[int, int],
     resize_mode: str,
 ) -> _InpaintArea:
-    blurred = blur_mask(repaint, mask_blur)
+    blurred = blur_mask(repaint, *mask_blur)
     width, height = size
     if only_masked:
         box = _crop_region(blurred.getbbox() or repaint.getbbox(), padding, size, image.size)

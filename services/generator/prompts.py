@@ -1,14 +1,15 @@
-"""A1111 prompt syntax: emphasis weights, `BREAK`, LoRA tags, and long-prompt encoding.
+"""A1111 prompt syntax: emphasis weights, `BREAK`, LoRA tags, prompt editing, and
+long-prompt encoding.
 
 Follows AUTOMATIC1111's `modules/prompt_parser.py` (emphasis), `modules/extra_networks.py` and
 the built-in Lora extension (extra-network tags) and `modules/sd_hijack_clip.py` (75-token
 chunks, comma backtracking, "Original" emphasis), so a prompt written for A1111 conditions the
 model the same way here.
 
-Not handled yet: prompt editing `[from:to:when]`, alternation `[a|b]` and composition `AND`.
-Such text is not interpreted: the brackets are read as emphasis brackets by A1111's own rules
-(so `[cat:dog:0.5]` is the text `cat:dog:0.5` weighted 1/1.1) and `AND` is an ordinary word.
-It never raises. Textual-inversion embeddings and comment lines are not handled either.
+Prompt editing `[from:to:when]` and alternation `[a|b]` are resolved per step first
+(`prompt_editing`), and each distinct text is encoded once (`encode_schedule`).
+Not handled yet: composition `AND` (read as an ordinary word), textual-inversion embeddings
+and comment lines.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from services.common.errors import InvalidArgument
+from services.generator.prompt_editing import prompt_schedule
 
 PROMPT_FIELD = "params.prompt"
 NEGATIVE_PROMPT_FIELD = "params.negative_prompt"
@@ -286,6 +288,25 @@ class _Chunker:
         return self.chunks
 
 
+@dataclass(frozen=True)
+class EmbedSchedule:
+    """Embeddings that change during sampling (A1111 prompt editing): `embeds[k]` conditions
+    the steps up to and including `ends[k]`; steps past the last end use the last."""
+
+    ends: tuple[int, ...]
+    embeds: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def constant(cls, embeds: torch.Tensor) -> EmbedSchedule:
+        return cls((1,), (embeds,))
+
+    def at(self, step: int) -> torch.Tensor:
+        for end, embeds in zip(self.ends, self.embeds, strict=True):
+            if step <= end:
+                return embeds
+        return self.embeds[-1]
+
+
 class PromptEncoder:
     """Encodes A1111-syntax prompts of any length into CLIP embeddings for a diffusers pipeline.
 
@@ -332,6 +353,31 @@ class PromptEncoder:
         return self._pad_to(positive, length, clip_skip), self._pad_to(
             negative_embeds, length, clip_skip
         )
+
+    def encode_schedule(
+        self, prompt: str, negative: str, steps: int, clip_skip: int = 1
+    ) -> tuple[EmbedSchedule, EmbedSchedule]:
+        """Prompt and negative schedules over `steps` steps, every entry padded to one length
+        (as `encode_pair`), each distinct text encoded once."""
+        encoded: dict[str, torch.Tensor] = {}
+
+        def schedule(text: str, field: str) -> list[tuple[int, str]]:
+            entries = prompt_schedule(text, steps)
+            for _, step_text in entries:
+                if step_text not in encoded:
+                    encoded[step_text] = self.encode(step_text, clip_skip, field)
+            return entries
+
+        positive = schedule(prompt, PROMPT_FIELD)
+        negative_entries = schedule(negative, NEGATIVE_PROMPT_FIELD)
+        length = max(embeds.shape[1] for embeds in encoded.values())
+        padded = {text: self._pad_to(e, length, clip_skip) for text, e in encoded.items()}
+
+        def embed_schedule(entries: list[tuple[int, str]]) -> EmbedSchedule:
+            ends = tuple(end for end, _ in entries)
+            return EmbedSchedule(ends, tuple(padded[text] for _, text in entries))
+
+        return embed_schedule(positive), embed_schedule(negative_entries)
 
     def _pad_to(self, embeds: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
         missing = (length - embeds.shape[1]) // (CHUNK_TOKENS + 2)

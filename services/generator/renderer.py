@@ -19,11 +19,11 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.infotext import format_infotext, format_lora_hashes, png_with_infotext
 from services.common.proto.sdstack.v1 import common_pb2
 from services.generator import modes
-from services.generator.jobs import GenerationJob, Mode, Params
+from services.generator.jobs import GenerationJob, InpaintSpec, Mode, Params
 from services.generator.loras import LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.model_registry import ModelRegistry, StoredModel
-from services.generator.prompts import PromptEncoder
+from services.generator.prompts import EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import load_vae
@@ -154,8 +154,8 @@ class Renderer:
     ) -> modes.Sampling:
         """The job's sampling settings, prompts encoded once for all its batches."""
         p = job.params
-        cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_pair(
-            p.prompt, p.negative_prompt, p.clip_skip
+        cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_schedule(
+            p.prompt, p.negative_prompt, p.steps, p.clip_skip
         )
         return modes.Sampling(
             prompt_embeds=cond,
@@ -218,17 +218,17 @@ class Renderer:
     ) -> list[Image.Image]:
         hires, p = job.hires, job.params
         assert hires is not None
-        second = first
-        if (hires.prompt, hires.negative_prompt) != (p.prompt, p.negative_prompt):
-            cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_pair(
-                hires.prompt, hires.negative_prompt, p.clip_skip
-            )
-            second = replace(second, prompt_embeds=cond, negative_embeds=uncond)
         second = replace(
-            second,
+            first,
             steps=hires.second_pass_steps or p.steps,
             scheduler_factory=_scheduler_factory(pipe, hires.sampler, p.schedule_type),
         )
+        prompts_differ = (hires.prompt, hires.negative_prompt) != (p.prompt, p.negative_prompt)
+        if prompts_differ or (second.steps != first.steps and _is_edited(first)):
+            cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_schedule(
+                hires.prompt, hires.negative_prompt, second.steps, p.clip_skip
+            )
+            second = replace(second, prompt_embeds=cond, negative_embeds=uncond)
         upscaler: str | Callable[[Image.Image, int, int], Image.Image] = LATENT_UPSCALER
         if hires.upscaler != LATENT_UPSCALER:
             pixels = self.pixel_upscaler(hires.upscaler, "hires.upscaler")
@@ -359,7 +359,7 @@ def infotext_for(
         "Denoising strength": strength,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "RNG": "CPU",
-        "Mask blur": job.inpaint.mask_blur if job.inpaint else None,
+        "Mask blur": _mask_blur_label(job.inpaint),
         "Hires upscale": hires.scale if hires else None,
         "Hires steps": (hires.second_pass_steps or None) if hires else None,
         "Hires upscaler": hires.upscaler if hires else None,
@@ -380,3 +380,18 @@ def _denoising_strength(job: GenerationJob) -> float | None:
     if job.upscale is not None and job.upscale.tiled_refine:
         return job.upscale.strength
     return None
+
+
+def _mask_blur_label(inpaint: InpaintSpec | None) -> int | None:
+    """A1111 writes one `Mask blur` when both axes agree, none otherwise."""
+    if inpaint is None or inpaint.mask_blur[0] != inpaint.mask_blur[1]:
+        return None
+    return inpaint.mask_blur[0]
+
+
+def _is_edited(s: modes.Sampling) -> bool:
+    """Whether the prompts change during sampling (A1111 prompt editing)."""
+    return any(
+        isinstance(embeds, EmbedSchedule) and len(embeds.ends) > 1
+        for embeds in (s.prompt_embeds, s.negative_embeds)
+    )

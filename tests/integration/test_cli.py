@@ -66,7 +66,9 @@ def test_import_list_and_generate(
 def test_import_of_a_missing_file_is_one_clear_line(running_stack: RunningStack) -> None:
     result = sdstack(running_stack, "models", "import", "/nonexistent/model.safetensors")
     assert result.returncode == 2
-    assert result.stderr.strip() == "sdstack: PATH: /nonexistent/model.safetensors is not a file"
+    assert result.stderr.strip() == (
+        "sdstack: PATH: /nonexistent/model.safetensors is not a file or a diffusers folder"
+    )
 
 
 class _Payload:

@@ -128,6 +128,20 @@ def test_prompt_weights_change_the_picture(
     assert np.array_equal(_pixels(neutral), _pixels(base_image))
 
 
+def test_prompt_editing_switches_the_prompt_mid_run(generator: GeneratorClient) -> None:
+    def picture(prompt: str) -> np.ndarray:
+        (image,) = _run(generator, params={"prompt": prompt, "steps": 6})
+        return _pixels(image)
+
+    stone, glass = picture("a stone pavilion"), picture("a glass pavilion")
+    edited = picture("a [stone:glass:0.5] pavilion")
+    assert np.array_equal(picture("a [stone:glass:1.0] pavilion"), stone)
+    assert np.array_equal(picture("a [stone:glass:0] pavilion"), glass)
+    assert not np.array_equal(edited, stone) and not np.array_equal(edited, glass)
+    alternating = picture("a [stone|glass] pavilion")
+    assert not np.array_equal(alternating, stone) and not np.array_equal(alternating, edited)
+
+
 def test_long_prompts_and_clip_skip_are_used(
     generator: GeneratorClient, base_image: common_pb2.GeneratedImage
 ) -> None:
@@ -226,6 +240,26 @@ def test_inpaint_keeps_everything_outside_the_mask(
         far_outside[10:54, 10:54] = False
         assert np.array_equal(result[far_outside], source[far_outside])
         assert not np.array_equal(result[20:44, 20:44], source[20:44, 20:44])
+
+
+def test_inpaint_mask_blur_per_axis(
+    generator: GeneratorClient, base_image: common_pb2.GeneratedImage
+) -> None:
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((24, 24, 39, 39), fill=255)
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    (image,) = _run(
+        generator,
+        mode=generator_pb2.GENERATION_MODE_INPAINT,
+        img2img={"init_image": {"data": base_image.png}, "denoising_strength": 0.9},
+        inpaint={"mask": {"data": out.getvalue()}, "mask_blur_x": 6, "mask_blur_y": 0},
+        params={"prompt": "a window", "seed": 3},
+    )
+    changed = np.abs(_pixels(image) - _pixels(base_image)).sum(axis=2) > 0
+    rows, columns = np.nonzero(changed)
+    assert rows.min() >= 24 and rows.max() <= 39, "a vertical blur of 0 keeps rows outside"
+    assert columns.min() < 24 or columns.max() > 39, "the horizontal blur widens the area"
 
 
 def test_inpaint_mask_of_another_size_is_refused(

@@ -129,6 +129,7 @@ def test_corrupt_init_image_names_the_field() -> None:
     [
         ({"img2img": {"denoising_strength": 1.5}}, "img2img.denoising_strength"),
         ({"inpaint": {"mask_blur": 65}}, "inpaint.mask_blur"),
+        ({"inpaint": {"mask_blur": 4, "mask_blur_y": -1}}, "inpaint.mask_blur_y"),
         ({"hires": {"enabled": True, "scale": 9}}, "hires.scale"),
         ({"hires": {"enabled": True, "scale": 1.5, "sampler": "nope"}}, "hires.sampler"),
     ],

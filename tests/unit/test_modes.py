@@ -428,6 +428,15 @@ def test_mask_blur_is_a1111s_gaussian() -> None:
     assert row[:10].max() == 0 and row[31:].max() == 0
 
 
+def test_mask_blur_per_axis_spreads_only_that_way() -> None:
+    dot = Image.new("L", (41, 41), 0)
+    dot.paste(255, (20, 20, 21, 21))
+    wide = np.asarray(modes.blur_mask(dot, 4, 0))
+    tall = np.asarray(modes.blur_mask(dot, 0, 4))
+    assert wide[20, 12:29].min() > 0 and wide[19].max() == 0 and wide[21].max() == 0
+    assert np.array_equal(tall, wide.T)
+
+
 # --- hi-res fix ----------------------------------------------------------------------------
 
 

@@ -74,20 +74,24 @@ class Img2ImgOptions(_message.Message):
     def __init__(self, init_image: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., denoising_strength: _Optional[float] = ..., resize_mode: _Optional[_Union[ResizeMode, str]] = ..., initial_noise_multiplier: _Optional[float] = ...) -> None: ...
 
 class InpaintOptions(_message.Message):
-    __slots__ = ("mask", "mask_blur", "fill", "only_masked", "only_masked_padding", "invert_mask")
+    __slots__ = ("mask", "mask_blur", "fill", "only_masked", "only_masked_padding", "invert_mask", "mask_blur_x", "mask_blur_y")
     MASK_FIELD_NUMBER: _ClassVar[int]
     MASK_BLUR_FIELD_NUMBER: _ClassVar[int]
     FILL_FIELD_NUMBER: _ClassVar[int]
     ONLY_MASKED_FIELD_NUMBER: _ClassVar[int]
     ONLY_MASKED_PADDING_FIELD_NUMBER: _ClassVar[int]
     INVERT_MASK_FIELD_NUMBER: _ClassVar[int]
+    MASK_BLUR_X_FIELD_NUMBER: _ClassVar[int]
+    MASK_BLUR_Y_FIELD_NUMBER: _ClassVar[int]
     mask: _common_pb2.ImageRef
     mask_blur: int
     fill: InpaintFill
     only_masked: bool
     only_masked_padding: int
     invert_mask: bool
-    def __init__(self, mask: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., mask_blur: _Optional[int] = ..., fill: _Optional[_Union[InpaintFill, str]] = ..., only_masked: _Optional[bool] = ..., only_masked_padding: _Optional[int] = ..., invert_mask: _Optional[bool] = ...) -> None: ...
+    mask_blur_x: int
+    mask_blur_y: int
+    def __init__(self, mask: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., mask_blur: _Optional[int] = ..., fill: _Optional[_Union[InpaintFill, str]] = ..., only_masked: _Optional[bool] = ..., only_masked_padding: _Optional[int] = ..., invert_mask: _Optional[bool] = ..., mask_blur_x: _Optional[int] = ..., mask_blur_y: _Optional[int] = ...) -> None: ...
 
 class HiresOptions(_message.Message):
     __slots__ = ("enabled", "scale", "upscaler", "second_pass_steps", "denoising_strength", "resize_x", "resize_y", "sampler", "prompt", "negative_prompt")
