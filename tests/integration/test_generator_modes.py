@@ -7,6 +7,7 @@ running stack's store the way users import them, then used by name.
 from __future__ import annotations
 
 import io
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.clients import GeneratorClient
 from services.common.errors import RemoteError
 from services.common.infotext import parse_infotext
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.generator.checkpoint_layout import to_compvis_state_dict
+from services.generator.demo_model import DEMO_MODEL_NAME
 from services.generator.loras import make_diffusers_lora, make_kohya_lora
 from services.generator.samplers import SAMPLERS
 from services.generator.upscalers import make_esrgan_file
@@ -474,3 +477,34 @@ def test_a_job_past_its_deadline_is_stopped(generator: GeneratorClient) -> None:
     with pytest.raises(RemoteError) as raised:
         generator.generate_images(request)
     assert raised.value.status is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_generator_metrics_follow_the_work(
+    running_stack: RunningStack, generator: GeneratorClient
+) -> None:
+    """SPEC §7: seconds per step, queue depth, model load seconds, cache hits, images."""
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        s = running_stack.settings
+        url = f"http://{s.host}:{s.generator_metrics_port}/metrics"
+        with urllib.request.urlopen(url) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    model = (("model", DEMO_MODEL_NAME),)
+    before = scrape()
+    _run(generator, params={"steps": 3, "batch_size": 2, "seed": 41})
+    after = scrape()
+
+    def grew(name: str, labels: tuple[tuple[str, str], ...]) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert grew("sdstack_images_generated_total", model) == 2
+    assert grew("sdstack_seconds_per_step_count", model) == 3
+    assert grew("sdstack_model_cache_requests_total", (("result", "loaded"),)) >= 1
+    assert after[("sdstack_model_load_seconds_count", model)] >= 1
+    assert after[("sdstack_generator_queue_depth", ())] == 0
