@@ -44,7 +44,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidArgument
-from services.generator.prompts import EmbedSchedule
+from services.generator.prompts import ComposedPrompt, EmbedSchedule
 
 LATENT_FACTOR = 8
 MAX_SIDE = 8192
@@ -106,7 +106,7 @@ class Sampling:
     denoised estimate when it gives one (what A1111 previews), else the current latents.
     """
 
-    prompt_embeds: torch.Tensor | EmbedSchedule
+    prompt_embeds: torch.Tensor | EmbedSchedule | ComposedPrompt
     negative_embeds: torch.Tensor | EmbedSchedule
     scheduler_factory: Callable[[], SchedulerMixin]
     steps: int
@@ -156,13 +156,20 @@ class _Start:
 @dataclass(frozen=True)
 class _Conditioning:
     embeds: EmbedSchedule
-    """Per step, the batch's embeddings (negative first when guided)."""
+    """Per step, the U-Net batch's embeddings: negative, then each sub-prompt, when guided."""
+    weights: tuple[float, ...]
+    """The weight of each sub-prompt (A1111 `AND`); one 1.0 for a plain prompt."""
     cfg_scale: float
     unet_extra: torch.Tensor | None
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale > 1
+        return self.cfg_scale > 1 or len(self.weights) > 1
+
+    @property
+    def copies(self) -> int:
+        """How many times the latents go through the U-Net per step."""
+        return 1 + len(self.weights) if self.guided else 1
 
 
 # --- noise ---------------------------------------------------------------------------------
@@ -302,25 +309,35 @@ def _conditioning(
     """Embeddings per step (negative first when guided) and any 9-channel extra input,
     per image."""
     device, dtype = pipe._execution_device, pipe.unet.dtype
-    positive, negative = _as_schedule(s.prompt_embeds), _as_schedule(s.negative_embeds)
-    ends = tuple(sorted(set(positive.ends) | set(negative.ends)))
+    parts, negative = _prompt_parts(s.prompt_embeds), _as_schedule(s.negative_embeds)
+    weights = tuple(weight for weight, _ in parts)
+    guided = s.cfg_scale > 1 or len(parts) > 1
+    ends = tuple(sorted({*negative.ends, *(end for _, part in parts for end in part.ends)}))
     per_step = []
     for end in ends:
-        embeds = _per_image(positive.at(end), s.batch_size)
-        if s.cfg_scale > 1:
-            embeds = torch.cat([_per_image(negative.at(end), s.batch_size), embeds])
-        per_step.append(embeds.to(device=device, dtype=dtype))
+        texts = [_per_image(part.at(end), s.batch_size) for _, part in parts]
+        if guided:
+            texts.insert(0, _per_image(negative.at(end), s.batch_size))
+        per_step.append(torch.cat(texts).to(device=device, dtype=dtype))
     extra = start.unet_extra
     if extra is None and _is_inpainting_model(pipe):
         extra = _unmasked_extra(pipe, shape).repeat(s.batch_size, 1, 1, 1)
-    if s.cfg_scale > 1 and extra is not None:
-        extra = torch.cat([extra, extra])
-    extra = None if extra is None else extra.to(device=device, dtype=dtype)
-    return _Conditioning(EmbedSchedule(ends, tuple(per_step)), s.cfg_scale, extra)
+    if extra is not None:
+        copies = len(parts) + 1 if guided else len(parts)
+        extra = torch.cat([extra] * copies).to(device=device, dtype=dtype)
+    return _Conditioning(EmbedSchedule(ends, tuple(per_step)), weights, s.cfg_scale, extra)
 
 
 def _as_schedule(embeds: torch.Tensor | EmbedSchedule) -> EmbedSchedule:
     return embeds if isinstance(embeds, EmbedSchedule) else EmbedSchedule.constant(embeds)
+
+
+def _prompt_parts(
+    embeds: torch.Tensor | EmbedSchedule | ComposedPrompt,
+) -> tuple[tuple[float, EmbedSchedule], ...]:
+    if isinstance(embeds, ComposedPrompt):
+        return embeds.parts
+    return ((1.0, _as_schedule(embeds)),)
 
 
 def _per_image(embeds: torch.Tensor, count: int) -> torch.Tensor:
@@ -353,16 +370,20 @@ def _predict(
     embeds: torch.Tensor,
     cond: _Conditioning,
 ) -> torch.Tensor:
-    """The U-Net's noise prediction, with classifier-free guidance when cfg > 1."""
-    model_input = torch.cat([latents, latents]) if cond.guided else latents
+    """The U-Net's noise prediction, with classifier-free guidance when cfg > 1, and A1111's
+    composition when there are sub-prompts: uncond + cfg · Σ weightᵢ · (condᵢ − uncond)."""
+    model_input = torch.cat([latents] * cond.copies) if cond.copies > 1 else latents
     model_input = scheduler.scale_model_input(model_input, t)
     if cond.unet_extra is not None:
         model_input = torch.cat([model_input, cond.unet_extra], dim=1)
     prediction = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
     if not cond.guided:
         return prediction
-    unconditional, text = prediction.chunk(2)
-    return unconditional + cond.cfg_scale * (text - unconditional)
+    unconditional, *texts = prediction.chunk(cond.copies)
+    if cond.weights == (1.0,):
+        return unconditional + cond.cfg_scale * (texts[0] - unconditional)
+    composed = sum(w * (text - unconditional) for w, text in zip(cond.weights, texts, strict=True))
+    return unconditional + cond.cfg_scale * composed
 
 
 def _keep_known(

@@ -8,8 +8,10 @@ model the same way here.
 
 Prompt editing `[from:to:when]` and alternation `[a|b]` are resolved per step first
 (`prompt_editing`), and each distinct text is encoded once (`encode_schedule`).
-Not handled yet: composition `AND` (read as an ordinary word), textual-inversion embeddings
-and comment lines.
+Composition `a AND b :0.5` splits the positive prompt into sub-prompts guided together with
+their weights (A1111's `get_multicond_prompt_list`). Unlike A1111, a trailing `:number` is a
+weight only when the prompt has an `AND`, so `aspect 16:9` stays text.
+Not handled yet: textual-inversion embeddings and comment lines.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ _ATTENTION_TOKEN = re.compile(
     re.VERBOSE,
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_AND = re.compile(r"\bAND\b")
+_SUBPROMPT_WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.S)
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _LORA_TYPES = frozenset({"lora", "lyco"})
 
@@ -307,6 +311,27 @@ class EmbedSchedule:
         return self.embeds[-1]
 
 
+@dataclass(frozen=True)
+class ComposedPrompt:
+    """A1111 `AND`: sub-prompts guided together, `(weight, schedule)` each."""
+
+    parts: tuple[tuple[float, EmbedSchedule], ...]
+
+
+def split_composition(prompt: str) -> list[tuple[str, float]]:
+    """`a AND b :0.5` → `[("a", 1.0), ("b", 0.5)]`; a prompt without `AND` is one part."""
+    pieces = _AND.split(prompt)
+    if len(pieces) == 1:
+        return [(prompt, 1.0)]
+    parts = []
+    for piece in pieces:
+        found = _SUBPROMPT_WEIGHT.match(piece)
+        assert found is not None  # the pattern matches any text
+        weight = float(found.group(2)) if found.group(2) else 1.0
+        parts.append((found.group(1), weight))
+    return parts
+
+
 class PromptEncoder:
     """Encodes A1111-syntax prompts of any length into CLIP embeddings for a diffusers pipeline.
 
@@ -356,9 +381,10 @@ class PromptEncoder:
 
     def encode_schedule(
         self, prompt: str, negative: str, steps: int, clip_skip: int = 1
-    ) -> tuple[EmbedSchedule, EmbedSchedule]:
-        """Prompt and negative schedules over `steps` steps, every entry padded to one length
-        (as `encode_pair`), each distinct text encoded once."""
+    ) -> tuple[ComposedPrompt, EmbedSchedule]:
+        """The prompt's sub-prompts (`AND`) and the negative prompt as schedules over `steps`
+        steps, every entry padded to one length (as `encode_pair`), each distinct text
+        encoded once."""
         encoded: dict[str, torch.Tensor] = {}
 
         def schedule(text: str, field: str) -> list[tuple[int, str]]:
@@ -368,7 +394,7 @@ class PromptEncoder:
                     encoded[step_text] = self.encode(step_text, clip_skip, field)
             return entries
 
-        positive = schedule(prompt, PROMPT_FIELD)
+        positive = [(w, schedule(text, PROMPT_FIELD)) for text, w in split_composition(prompt)]
         negative_entries = schedule(negative, NEGATIVE_PROMPT_FIELD)
         length = max(embeds.shape[1] for embeds in encoded.values())
         padded = {text: self._pad_to(e, length, clip_skip) for text, e in encoded.items()}
@@ -377,7 +403,8 @@ class PromptEncoder:
             ends = tuple(end for end, _ in entries)
             return EmbedSchedule(ends, tuple(padded[text] for _, text in entries))
 
-        return embed_schedule(positive), embed_schedule(negative_entries)
+        composed = ComposedPrompt(tuple((w, embed_schedule(part)) for w, part in positive))
+        return composed, embed_schedule(negative_entries)
 
     def _pad_to(self, embeds: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
         missing = (length - embeds.shape[1]) // (CHUNK_TOKENS + 2)

@@ -23,7 +23,7 @@ from services.generator.jobs import GenerationJob, InpaintSpec, Mode, Params
 from services.generator.loras import LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.model_registry import ModelRegistry, StoredModel
-from services.generator.prompts import EmbedSchedule, PromptEncoder
+from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import load_vae
@@ -391,7 +391,7 @@ def _mask_blur_label(inpaint: InpaintSpec | None) -> int | None:
 
 def _is_edited(s: modes.Sampling) -> bool:
     """Whether the prompts change during sampling (A1111 prompt editing)."""
-    return any(
-        isinstance(embeds, EmbedSchedule) and len(embeds.ends) > 1
-        for embeds in (s.prompt_embeds, s.negative_embeds)
-    )
+    schedules = [s.negative_embeds]
+    if isinstance(s.prompt_embeds, ComposedPrompt):
+        schedules.extend(part for _, part in s.prompt_embeds.parts)
+    return any(isinstance(e, EmbedSchedule) and len(e.ends) > 1 for e in schedules)

@@ -145,6 +145,18 @@ def test_prompt_editing_switches_the_prompt_mid_run(generator: GeneratorClient) 
     assert not np.array_equal(alternating, stone) and not np.array_equal(alternating, edited)
 
 
+def test_and_composes_sub_prompts_with_their_weights(generator: GeneratorClient) -> None:
+    def picture(prompt: str) -> np.ndarray:
+        (image,) = _run(generator, params={"prompt": prompt})
+        return _pixels(image)
+
+    stone, glass = picture("a stone pavilion"), picture("a glass pavilion")
+    both = picture("a stone pavilion AND a glass pavilion")
+    assert _mean_difference(both, stone) > 2 and _mean_difference(both, glass) > 2
+    # weight 0 drops the second sub-prompt (the U-Net batch is larger: CPU rounding differs)
+    assert np.abs(picture("a stone pavilion AND a glass pavilion :0") - stone).max() <= 2
+
+
 def test_long_prompts_and_clip_skip_are_used(
     generator: GeneratorClient, base_image: common_pb2.GeneratedImage
 ) -> None:

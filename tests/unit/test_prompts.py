@@ -17,6 +17,7 @@ from services.generator.prompts import (
     PromptEncoder,
     extract_lora_tags,
     parse_prompt_attention,
+    split_composition,
 )
 from services.generator.tiny_model import TinyModelFiles
 
@@ -318,3 +319,18 @@ def test_pipeline_runs_with_long_prompt_embeddings(
     )
     image = result.images[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "parts"),
+    [
+        ("a cat", [("a cat", 1.0)]),
+        ("aspect 16:9", [("aspect 16:9", 1.0)]),
+        ("a cat AND a dog", [("a cat", 1.0), (" a dog", 1.0)]),
+        ("a cat :1.2 AND a dog: 0.5", [("a cat", 1.2), (" a dog", 0.5)]),
+        ("a (cat:1.3) AND [dog]", [("a (cat:1.3)", 1.0), (" [dog]", 1.0)]),
+        ("ANDROID AND sand", [("ANDROID", 1.0), (" sand", 1.0)]),
+    ],
+)
+def test_and_splits_sub_prompts_and_weights(prompt: str, parts: list[tuple[str, float]]) -> None:
+    assert split_composition(prompt) == parts
