@@ -32,8 +32,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e .
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed scripts/install_deploy_tools.sh scripts/requirements-deploy-tools.txt scripts/install_system_packages.sh
 	$(PIP) install --quiet -e ".[dev]"
+	bash scripts/install_deploy_tools.sh $(VENV)
+	sh scripts/install_system_packages.sh
 	@touch $@
 
 # The real CLIP vocabulary (SPEC §10), fetched once at install time, never at run time.

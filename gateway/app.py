@@ -1,4 +1,4 @@
-"""The gateway's FastAPI application: routes by resource, errors, request ids, metrics."""
+"""The gateway's FastAPI application: routes by resource, auth, errors, request ids, metrics."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
+from gateway.a1111 import routes as a1111
+from gateway.a1111.routes import OptionsBook
+from gateway.auth import Authenticator, RateLimiter
 from gateway.backends import Backends
-from gateway.errors import install_error_handlers
-from gateway.routes import generations, health, images
+from gateway.docs import install_docs
+from gateway.errors import ERROR_RESPONSES, error_body, install_error_handlers
+from gateway.generation import Generations
+from gateway.routes import boards, generations, health, images, models, styles
+from services.common.config import Settings
 from services.common.request_context import (
     REQUEST_ID_HEADER,
     clean_request_id,
@@ -27,39 +34,65 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+UPLOAD_PATHS = frozenset({"/v1/models"})  # streamed to disk with their own limit
+
+Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
 
 
-def create_app(clients: Backends) -> FastAPI:
+def create_app(clients: Backends, settings: Settings) -> FastAPI:
     app = FastAPI(
         title="sdstack",
         version="0.1.0",
-        description="Self-hosted Stable Diffusion: generation, gallery and LoRA training.",
-        # FastAPI's docs pages load their scripts from a CDN; nothing may call out at run
-        # time, so only the OpenAPI document is served until the docs assets are bundled.
-        docs_url=None,
+        description="Self-hosted Stable Diffusion: generation, gallery and LoRA training. "
+        "REST under /v1, the AUTOMATIC1111 API under /sdapi/v1.",
+        docs_url=None,  # FastAPI's page loads from a CDN; ours is served by install_docs
         redoc_url=None,
+        responses=ERROR_RESPONSES,  # every route documents the error shape it may answer
     )
     app.state.backends = clients
+    app.state.settings = settings
+    app.state.generations = Generations(
+        clients,
+        max_pixels=settings.max_pixels,
+        default_timeout=settings.request_timeout_seconds,
+    )
+    app.state.a1111_options = OptionsBook()
     install_error_handlers(app)
-    for module in (health, generations, images):
+    install_docs(app)
+    for module in (health, generations, images, boards, models, styles, a1111):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
-        token = set_request_id(request_id)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            reset_request_id(token)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, label, str(response.status_code)).inc()
-        HTTP_SECONDS.labels(request.method, label).observe(time.perf_counter() - started)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-
+    limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.middleware("http")(Authenticator(settings.api_key_users(), limiter))
+    app.middleware("http")(_body_limit(settings.max_body_bytes))
+    app.middleware("http")(_request_context)
     return app
+
+
+def _body_limit(max_bytes: int) -> Middleware:
+    async def limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+        length = request.headers.get("content-length", "")
+        if request.url.path not in UPLOAD_PATHS and length.isdigit() and int(length) > max_bytes:
+            body = error_body("PAYLOAD_TOO_LARGE", f"the body must be at most {max_bytes} bytes")
+            return JSONResponse(body, 413)
+        return await call_next(request)
+
+    return limit
+
+
+async def _request_context(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
+    token = set_request_id(request_id)
+    started = time.perf_counter()
+    try:
+        response = await call_next(request)
+    finally:
+        reset_request_id(token)
+    route = request.scope.get("route")
+    label = getattr(route, "path", "unmatched")
+    HTTP_REQUESTS.labels(request.method, label, str(response.status_code)).inc()
+    HTTP_SECONDS.labels(request.method, label).observe(time.perf_counter() - started)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response

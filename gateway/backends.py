@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
 
-from services.common.clients import GalleryClient, GeneratorClient, TrainerClient
+from services.common.clients import GalleryClient, TrainerClient
+from services.common.clients.generator_router import GeneratorRouter
+from services.common.clients.replicas import balanced_target
 from services.common.config import Settings
 
 LOCAL_OWNER = "local"
 
 
+class Backend(Protocol):
+    def is_serving(self, timeout: float = 2.0) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Backends:
-    generator: GeneratorClient
+    """The generator's replicas behind a router (jobs stay on one replica); the gallery
+    and trainer behind one balanced channel each (they keep no state of their own)."""
+
+    generator: GeneratorRouter
     gallery: GalleryClient
     trainer: TrainerClient
 
@@ -23,12 +34,17 @@ class Backends:
     def connect(cls, settings: Settings) -> Backends:
         timeout = settings.request_timeout_seconds
         return cls(
-            generator=GeneratorClient(settings.target("generator"), timeout=timeout),
-            gallery=GalleryClient(settings.target("gallery"), timeout=timeout),
-            trainer=TrainerClient(settings.target("trainer"), timeout=timeout),
+            generator=GeneratorRouter.connect(
+                settings.addresses("generator"),
+                timeout=timeout,
+                retry_after=settings.replica_retry_seconds,
+                resolve_every=settings.replica_resolve_seconds,
+            ),
+            gallery=GalleryClient(balanced_target(settings.addresses("gallery")), timeout=timeout),
+            trainer=TrainerClient(balanced_target(settings.addresses("trainer")), timeout=timeout),
         )
 
-    def all(self) -> dict[str, GeneratorClient | GalleryClient | TrainerClient]:
+    def all(self) -> dict[str, Backend]:
         return {"generator": self.generator, "gallery": self.gallery, "trainer": self.trainer}
 
     def close(self) -> None:
@@ -42,8 +58,9 @@ def backends(request: Request) -> Backends:
 
 
 def owner(request: Request) -> str:
-    """FastAPI dependency: who is asking. One local user until API keys exist."""
-    return LOCAL_OWNER
+    """FastAPI dependency: who is asking (set by the auth middleware; one local user
+    when no API keys are configured)."""
+    return getattr(request.state, "owner", LOCAL_OWNER)
 
 
 Clients = Annotated[Backends, Depends(backends)]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.errors import SdstackError
@@ -32,6 +34,45 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 
+class ErrorDetailOut(BaseModel):
+    field: str
+    rule: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="gRPC-style reason, e.g. INVALID_ARGUMENT, NOT_FOUND.")
+    message: str
+    details: list[ErrorDetailOut] = Field(description="Every broken field rule.")
+    request_id: str
+
+
+class ErrorOut(BaseModel):
+    """Every error the gateway answers."""
+
+    error: ErrorInfo
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in {
+        400: "A field breaks a rule (named in details)",
+        401: "No valid API key",
+        404: "Not found (or not yours)",
+        409: "Conflict (e.g. a request id in use)",
+        413: "Body too large",
+        422: "A field breaks a rule (named in details)",
+        429: "Rate limit or busy; see Retry-After",
+        503: "A service is unavailable",
+        504: "Ran past its deadline",
+    }.items()
+}
+
+
+def error_status(error: SdstackError) -> int:
+    """The HTTP status of a domain error."""
+    return HTTP_STATUS.get(error.status, 500)
+
+
 def error_body(code: str, message: str, details: list[dict] | None = None) -> dict:
     return {
         "error": {
@@ -43,10 +84,18 @@ def error_body(code: str, message: str, details: list[dict] | None = None) -> di
     }
 
 
+def _field_path(location: tuple | list) -> str:
+    """`body.width` → `width`, `query.kind` → `kind`: the field as the client named it."""
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SdstackError)
     async def _domain(_request: Request, error: SdstackError) -> JSONResponse:
-        status = HTTP_STATUS.get(error.status, 500)
+        status = error_status(error)
         details = [{"field": v.field, "rule": v.rule} for v in error.violations]
         headers = {}
         if error.retry_after_seconds is not None:
@@ -57,16 +106,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "rule": e["msg"]}
-            for e in error.errors()
-        ]
+        details = [{"field": _field_path(e["loc"]), "rule": e["msg"]} for e in error.errors()]
         message = "; ".join(f"{d['field']}: {d['rule']}" for d in details)
         return JSONResponse(error_body("INVALID_ARGUMENT", message, details), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(error.status_code, "HTTP_ERROR")
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+        code = codes.get(error.status_code, "HTTP_ERROR")
         return JSONResponse(error_body(code, str(error.detail)), error.status_code)
 
     @app.exception_handler(Exception)

@@ -17,13 +17,14 @@ from services.common.metrics import ensure_port_free
 def main() -> None:
     try:
         settings = load_settings()
+        settings.api_key_users()  # a bad keys file stops start-up here, naming its setting
         ensure_port_free(settings.host, settings.gateway_port, "SDSTACK_GATEWAY_PORT")
     except ConfigError as error:
         sys.stderr.write(f"gateway: cannot start: {error}\n")
         raise SystemExit(2) from None
     configure_logging("gateway", settings.log_level, settings.log_format)
     clients = Backends.connect(settings)
-    app = create_app(clients)
+    app = create_app(clients, settings)
     try:
         uvicorn.run(
             app,

@@ -6,6 +6,8 @@ sdstack models import PATH       upload a checkpoint (file or diffusers folder),
                                  or upscaler
 sdstack models make-tiny DIR     build the tiny SD model (diffusers folder + single file)
 sdstack generate "prompt"        make images over gRPC and write the PNGs
+sdstack gallery import FOLDER    import an A1111 output folder into the gallery
+sdstack gallery reconcile        repair what a crash left between objects and records
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sdstack.gallery_cli import add_gallery_commands
 from services.common.archives import zip_folder
 from services.common.clients import GeneratorClient
 from services.common.config import Settings, load_settings
@@ -160,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch", type=int, default=1)
     generate.add_argument("--out", type=Path, default=Path("outputs"))
     generate.set_defaults(run=cmd_generate)
+    add_gallery_commands(commands)
     return parser
 
 

@@ -42,7 +42,8 @@ PORT_SETTINGS = (
     "s3_port",
 )
 """Every port a local stack listens on (the S3 one only when it runs the bundled server)."""
-STOP_TIMEOUT_SECONDS = 20.0
+STOP_MARGIN_SECONDS = 10.0
+"""How long past the services' own shutdown grace a child may take before it is killed."""
 
 
 @dataclass
@@ -157,12 +158,14 @@ class Stack:
         self._wait_until("gateway", answers)
 
     def stop(self) -> None:
-        """Stops children in reverse order: SIGTERM, then SIGKILL after a grace period."""
+        """Stops children in reverse order: SIGTERM, then SIGKILL once the services' own
+        grace period (in which running work finishes) is over."""
         self.stopping.set()
         for child in reversed(self.children):
             if child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        grace = self.settings.shutdown_grace_seconds + STOP_MARGIN_SECONDS
+        deadline = time.monotonic() + grace
         for child in reversed(self.children):
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -7,7 +7,13 @@ Registered for the whole suite by `tests/conftest.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +21,8 @@ import httpx
 import pytest
 
 from sdstack.launcher import Stack, free_port_settings
-from services.common.config import Settings, load_settings
+from services.common.clients import GeneratorClient
+from services.common.config import Settings, load_settings, settings_env
 from services.common.object_store import ObjectStore
 from services.generator.demo_model import DEMO_MODEL_NAME
 
@@ -63,3 +70,112 @@ def running_stack(
         yield RunningStack(settings)
     finally:
         stack.stop()
+
+
+# -- extra processes beside the running stack (gateway tests) -----------------------------
+
+
+@dataclass
+class ExtraProcess:
+    """A service or gateway process started beside the running stack, on its own ports."""
+
+    name: str
+    settings: Settings
+    process: subprocess.Popen[bytes]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.gateway_port}"
+
+    @property
+    def generator_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.generator_port}"
+
+    def http(self, **headers: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _beside(stack: RunningStack, data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a process using the running stack's store and services."""
+    s = stack.settings
+    shared = {
+        "s3_endpoint": f"{s.host}:{s.s3_port}",
+        "s3_access_key": s.s3_access_key,
+        "s3_secret_key": s.s3_secret_key,
+        "database_url": s.resolved_database_url,
+        "generator_target": s.target("generator"),
+        "gallery_target": s.target("gallery"),
+        "trainer_target": s.target("trainer"),
+        "default_checkpoint": s.default_checkpoint,
+        "install_demo_model": False,
+    }
+    tokenizer = s.resolved_clip_tokenizer_dir
+    return stack_settings(data_dir, tokenizer, **{**shared, **overrides})
+
+
+def _wait_ready(extra: ExtraProcess, ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 180
+    while not ready():
+        if extra.process.poll() is not None:
+            raise RuntimeError(f"{extra.name} exited during start-up")
+        if time.monotonic() > deadline:
+            extra.stop()
+            raise RuntimeError(f"{extra.name} was not ready in time")
+        time.sleep(0.3)
+
+
+def start_generator(stack: RunningStack, data_dir: Path, **overrides: object) -> ExtraProcess:
+    """Another generator replica over the running stack's object store."""
+    settings = _beside(stack, data_dir, **overrides)
+    extra = ExtraProcess("generator", settings, _spawn("services.generator.server", settings))
+    with GeneratorClient(extra.generator_target) as client:
+        _wait_ready(extra, client.is_serving)
+    return extra
+
+
+def start_gateway(stack: RunningStack, data_dir: Path, **overrides: object) -> ExtraProcess:
+    """Another gateway over the running stack's services (or the replicas it is given)."""
+    settings = _beside(stack, data_dir, **overrides)
+    extra = ExtraProcess("gateway", settings, _spawn("gateway.server", settings))
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{extra.base_url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait_ready(extra, answers)
+    return extra
+
+
+def _spawn(module: str, settings: Settings) -> subprocess.Popen[bytes]:
+    env = {"TRANSFORMERS_VERBOSITY": "error", **os.environ, **settings_env(settings)}
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs of a Server-Sent Events stream, as they arrive."""
+    kind, data = "message", ""
+    for line in lines:
+        if line.startswith("event:"):
+            kind = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data += line.removeprefix("data:").strip()
+        elif not line and data:
+            yield kind, json.loads(data)
+            kind, data = "message", ""

@@ -6,6 +6,7 @@ a bad value stops the process with one line naming the setting (`ConfigError`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.errors import ConfigError
 
 Port = int
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+_USER = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
+MIN_API_KEY_CHARS = 8
 
 
 class Settings(BaseSettings):
@@ -38,6 +42,34 @@ class Settings(BaseSettings):
     generator_target: str = Field("", description="host:port of the generator; default host:port.")
     trainer_target: str = Field("", description="host:port of the trainer; default host:port.")
     gallery_target: str = Field("", description="host:port of the gallery; default host:port.")
+    generator_addrs: str = Field(
+        "", description="Replicas as host:port,host:port (each name may resolve to several)."
+    )
+    trainer_addrs: str = Field("", description="Trainer replicas as host:port,host:port.")
+    gallery_addrs: str = Field("", description="Gallery replicas as host:port,host:port.")
+    replica_retry_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long a replica that failed is skipped."
+    )
+    replica_resolve_seconds: float = Field(
+        30.0, gt=0, description="How often replica names are resolved again (DNS round robin)."
+    )
+
+    api_keys: str = Field(
+        "", description="key:user pairs, comma separated; when set (or a keys file), auth is on."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of `key:user` lines (# comments); read at start-up."
+    )
+    rate_limit_per_minute: float = Field(
+        600.0, ge=0, description="Requests per minute per API key; 0 = no limit."
+    )
+    rate_limit_burst: int = Field(60, ge=1, description="Requests a key may make at once.")
+    max_body_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Largest JSON request body (base64 images)."
+    )
+    max_upload_bytes: int = Field(
+        16 * 1024 * 1024 * 1024, ge=1024, description="Largest model file upload."
+    )
 
     s3_endpoint: str = Field(
         "", description="host:port of an S3 server; empty starts the bundled local one."
@@ -66,6 +98,27 @@ class Settings(BaseSettings):
     )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width×height accepted.")
 
+    trainer_runner: Literal["local", "kubernetes"] = Field(
+        "local", description="Where training jobs run: a local worker process or Kubernetes Jobs."
+    )
+    trainer_namespace: str = Field("sdstack", description="Namespace of the training Jobs.")
+    trainer_job_template: str = Field(
+        "sdstack-trainer-job",
+        description="CronJob whose jobTemplate each training Job copies, or a path to its YAML.",
+    )
+    trainer_slots: int = Field(
+        0, ge=0, le=64, description="Jobs run at once; 0 = one per GPU (one without a GPU)."
+    )
+    trainer_max_attempts: int = Field(
+        4, ge=1, le=100, description="Runs of a job whose worker died before it is FAILED."
+    )
+    trainer_max_dataset_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=1024, description="Largest dataset upload, unpacked."
+    )
+    trainer_max_dataset_files: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most files in one dataset upload."
+    )
+
     grpc_max_message_bytes: int = Field(64 * 1024 * 1024, ge=4 * 1024 * 1024)
     grpc_workers: int = Field(16, ge=1, le=1024)
     request_timeout_seconds: float = Field(600.0, gt=0)
@@ -81,10 +134,41 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("generator_addrs", "trainer_addrs", "gallery_addrs")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for address in filter(None, (a.strip() for a in value.split(","))):
+            match = _ADDRESS.match(address)
+            if match is None or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"{address!r} is not host:port")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _key_pairs(cls, value: str) -> str:
+        parse_api_keys(value.replace(",", "\n"))
+        return value
+
+    def api_key_users(self) -> dict[str, str]:
+        """API key → user id, from `api_keys` and `api_keys_file`; empty means auth is off."""
+        users = parse_api_keys(self.api_keys.replace(",", "\n"))
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+                users |= parse_api_keys(text)
+            except (OSError, ValueError) as error:
+                raise ConfigError("SDSTACK_API_KEYS_FILE", str(error)) from None
+        return users
+
     def target(self, service: Literal["generator", "trainer", "gallery"]) -> str:
         """The address clients dial for `service`."""
         explicit = getattr(self, f"{service}_target")
         return explicit or f"{self.host}:{getattr(self, f'{service}_port')}"
+
+    def addresses(self, service: Literal["generator", "trainer", "gallery"]) -> list[str]:
+        """Every replica address of `service`: `<service>_addrs`, else `target(service)`."""
+        listed = [a.strip() for a in getattr(self, f"{service}_addrs").split(",") if a.strip()]
+        return listed or [self.target(service)]
 
     @property
     def resolved_database_url(self) -> str:
@@ -97,6 +181,23 @@ class Settings(BaseSettings):
     @property
     def resolved_clip_tokenizer_dir(self) -> Path:
         return self.clip_tokenizer_dir or self.data_dir / "clip" / "tokenizer"
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`key:user` lines (blank lines and `#` comments skipped) as {key: user}."""
+    users: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, user = (part.strip() for part in line.rpartition(":"))
+        if not sep or len(key) < MIN_API_KEY_CHARS or not _USER.match(user):
+            raise ValueError(
+                f"each entry must be key:user, the key at least {MIN_API_KEY_CHARS} characters "
+                "and the user 1-128 of A-Z a-z 0-9 _ . @ -"
+            )
+        users[key] = user
+    return users
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

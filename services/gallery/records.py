@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -37,16 +39,19 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    exists,
     func,
+    insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.gallery import search as fulltext
 
 MAX_LIMIT = 200
 MAX_OWNER_LENGTH = 128
@@ -56,6 +61,8 @@ MAX_SEARCH_LENGTH = 500
 MAX_BOARD_NAME_LENGTH = 100
 MAX_LINEAGE_DEPTH = 100
 SQLITE_BUSY_TIMEOUT_MS = 5000
+_OWNER = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
+_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 # --------------------------------------------------------------------------- schema
@@ -106,6 +113,7 @@ class ImageModel(Base):
     object_key: Mapped[str] = mapped_column(String(1024))
     thumbnail_key: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     sha256: Mapped[str] = mapped_column(String(64), default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     prompt: Mapped[str] = mapped_column(Text, default="")
@@ -125,7 +133,10 @@ class ImageModel(Base):
     infotext: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    __table_args__ = (Index("ix_images_owner_created_id", "owner", created_at.desc(), id.desc()),)
+    __table_args__ = (
+        Index("ix_images_owner_created_id", "owner", created_at.desc(), id.desc()),
+        Index("ix_images_owner_sha256", "owner", "sha256"),
+    )
 
 
 class TagModel(Base):
@@ -173,6 +184,20 @@ class BoardImageModel(Base):
     )
 
 
+class PendingDeletionModel(Base):
+    """Objects of a deleted record that may still be in the store.
+
+    Written in the transaction that deletes the record and removed once the objects are
+    gone, so a crash in between leaves reconcile a list of what to remove, and an object
+    whose record was deleted is never mistaken for one whose record was never written.
+    """
+
+    __tablename__ = "pending_deletions"
+
+    object_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)
+
+
 def create_engine_for(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout on each connection."""
     parsed = make_url(url)
@@ -202,8 +227,24 @@ def _sqlite_pragmas(*, wal: bool) -> Any:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables that are missing (idempotent)."""
+    """Create the tables and the full-text index that are missing (idempotent)."""
     Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        _add_missing_columns(connection)
+        fulltext.install(connection)
+
+
+# Columns added after the first release: (table, column, DDL type and default).
+_ADDED_COLUMNS = (("images", "size_bytes", "BIGINT NOT NULL DEFAULT 0"),)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    """Bring a database made by an older version up to date (create_all adds no columns)."""
+    inspector = inspect(connection)
+    for table, column, ddl in _ADDED_COLUMNS:
+        present = {c["name"] for c in inspector.get_columns(table)}
+        if column not in present:
+            connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -245,6 +286,7 @@ class NewImage:
     loras: Sequence[LoraUse | Mapping[str, Any]] = ()
     request_id: str = ""
     sha256: str = ""
+    size_bytes: int = 0
     thumbnail_key: str | None = None
     parent_id: str | None = None
     favourite: bool = False
@@ -264,6 +306,7 @@ class ImageRow:
     object_key: str
     thumbnail_key: str | None
     sha256: str
+    size_bytes: int
     width: int
     height: int
     prompt: str
@@ -302,11 +345,14 @@ class BoardRow:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_owner(owner: str) -> str:
+def check_owner(owner: str) -> str:
+    """`owner` if it is a valid user id (the contract's rule), else InvalidArgument."""
     if not owner or not owner.strip():
         raise InvalidArgument("owner", "must not be empty")
     if len(owner) > MAX_OWNER_LENGTH:
         raise InvalidArgument("owner", f"must be at most {MAX_OWNER_LENGTH} characters")
+    if not _OWNER.match(owner):
+        raise InvalidArgument("owner", "must be characters of A-Z a-z 0-9 _ . @ -")
     return owner
 
 
@@ -329,12 +375,6 @@ def _clean_tags(tags: Iterable[str]) -> list[str]:
     if len(cleaned) > MAX_TAGS:
         raise InvalidArgument("tags", f"must be at most {MAX_TAGS} tags")
     return list(cleaned)
-
-
-def _like_pattern(search: str) -> str:
-    """`%search%` with LIKE's wildcards escaped, so `50%` and `a_b` match only themselves."""
-    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 # --------------------------------------------------------------------------- cursors
@@ -385,7 +425,7 @@ class ImageRecords:
 
     def add(self, record: NewImage) -> ImageRow:
         """Store a new record; `parent_id` must name an image of the same owner."""
-        owner = _check_owner(record.owner)
+        owner = check_owner(record.owner)
         tags = _clean_tags(record.tags)
         loras = [_lora_json(lora) for lora in record.loras]
         with self._sessions.begin() as session:
@@ -400,14 +440,39 @@ class ImageRecords:
             session.flush()
             return _rows(session, [model])[0]
 
+    def add_many(self, records: Sequence[NewImage]) -> list[str]:
+        """Store many records in one transaction with bulk inserts; returns their ids.
+
+        For filling a gallery fast (imports, benchmarks): parents are not checked, so a
+        `parent_id` must name an image of the same owner stored before or in this batch.
+        """
+        images: list[dict[str, Any]] = []
+        tags: list[dict[str, str]] = []
+        loras: list[dict[str, str]] = []
+        for record in records:
+            check_owner(record.owner)
+            lora_json = [_lora_json(lora) for lora in record.loras]
+            values = _values_from(record, lora_json)
+            images.append(values)
+            tags.extend({"image_id": values["id"], "tag": t} for t in _clean_tags(record.tags))
+            names = dict.fromkeys(lora["name"] for lora in lora_json)
+            loras.extend({"image_id": values["id"], "name": name} for name in names)
+        with self._sessions.begin() as session:
+            for table, rows in ((ImageModel, images), (TagModel, tags), (ImageLoraModel, loras)):
+                if rows:
+                    session.execute(insert(table), rows)
+        return [values["id"] for values in images]
+
     def delete(self, owner: str, image_id: str) -> ImageRow:
         """Remove a record with its tags, LoRA names and board entries; children keep living
         with `parent_id` NULL. Returns the record so the caller can remove its objects.
 
-        Dependent rows are removed here as well as by the foreign keys, so an engine made
-        without SQLite's `foreign_keys` pragma leaves nothing behind either."""
+        The record's object keys are left in `pending_deletions` in the same transaction;
+        the caller calls `finish_deletions` once the objects are gone. Dependent rows are
+        removed here as well as by the foreign keys, so an engine made without SQLite's
+        `foreign_keys` pragma leaves nothing behind either."""
         with self._sessions.begin() as session:
-            model = _find_image(session, _check_owner(owner), image_id)
+            model = _find_image(session, check_owner(owner), image_id)
             row = _rows(session, [model])[0]
             session.execute(
                 update(ImageModel).where(ImageModel.parent_id == image_id).values(parent_id=None)
@@ -415,29 +480,97 @@ class ImageRecords:
             for table in (TagModel, ImageLoraModel, BoardImageModel):
                 session.execute(delete(table).where(table.image_id == image_id))
             session.execute(delete(ImageModel).where(ImageModel.id == image_id))
+            for key in (row.object_key, row.thumbnail_key):
+                if key and session.get(PendingDeletionModel, key) is None:
+                    session.add(PendingDeletionModel(object_key=key, created_at=_utcnow()))
             return row
 
+    def update(
+        self,
+        owner: str,
+        image_id: str,
+        *,
+        favourite: bool | None = None,
+        tags: Iterable[str] | None = None,
+        board_ids: Iterable[str] | None = None,
+    ) -> ImageRow:
+        """Change what is given (None: unchanged) in one transaction: all or nothing.
+
+        `tags` and `board_ids` replace the old lists; every board must be the owner's."""
+        owner = check_owner(owner)
+        cleaned = _clean_tags(tags) if tags is not None else None
+        boards = list(dict.fromkeys(board_ids)) if board_ids is not None else None
+        with self._sessions.begin() as session:
+            model = _find_image(session, owner, image_id)
+            if favourite is not None:
+                model.favourite = bool(favourite)
+            if cleaned is not None:
+                session.execute(delete(TagModel).where(TagModel.image_id == model.id))
+                session.add_all(TagModel(image_id=model.id, tag=tag) for tag in cleaned)
+            if boards is not None:
+                for board_id in boards:
+                    _find_board(session, owner, board_id)
+                session.execute(delete(BoardImageModel).where(BoardImageModel.image_id == model.id))
+                session.add_all(BoardImageModel(board_id=b, image_id=model.id) for b in boards)
+            session.flush()
+            return _rows(session, [model])[0]
+
+    # -- what reconcile needs (every owner: an operator's view)
+
+    def stored_keys(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(id, owner, object key, thumbnail key) of every record, in batches."""
+        with self._sessions() as session:
+            query = select(
+                ImageModel.id, ImageModel.owner, ImageModel.object_key, ImageModel.thumbnail_key
+            ).execution_options(yield_per=1000)
+            for row in session.execute(query):
+                yield (row.id, row.owner, row.object_key, row.thumbnail_key)
+
+    def pending_deletions(self) -> list[str]:
+        """Object keys of deleted records whose objects may still exist."""
+        with self._sessions() as session:
+            return list(session.scalars(select(PendingDeletionModel.object_key)))
+
+    def finish_deletions(self, keys: Iterable[str]) -> None:
+        """Forget pending deletions whose objects are gone."""
+        keys = [key for key in keys if key]
+        if keys:
+            with self._sessions.begin() as session:
+                session.execute(
+                    delete(PendingDeletionModel).where(PendingDeletionModel.object_key.in_(keys))
+                )
+
+    def exists(self, image_id: str) -> bool:
+        """Whether a record with this id exists, whoever owns it (reconcile only)."""
+        with self._sessions() as session:
+            return session.get(ImageModel, image_id) is not None
+
+    def find_by_sha256(self, owner: str, sha256: str) -> ImageRow | None:
+        """The owner's oldest image with these exact bytes, if any (imports skip those)."""
+        with self._sessions() as session:
+            model = session.scalar(
+                select(ImageModel)
+                .where(ImageModel.owner == check_owner(owner), ImageModel.sha256 == sha256)
+                .order_by(ImageModel.created_at)
+                .limit(1)
+            )
+            return _rows(session, [model])[0] if model is not None else None
+
     def set_favourite(self, owner: str, image_id: str, favourite: bool) -> ImageRow:
-        return self._update(owner, image_id, favourite=bool(favourite))
+        return self.update(owner, image_id, favourite=favourite)
 
     def set_thumbnail_key(self, owner: str, image_id: str, thumbnail_key: str | None) -> ImageRow:
         return self._update(owner, image_id, thumbnail_key=thumbnail_key)
 
     def set_tags(self, owner: str, image_id: str, tags: Iterable[str]) -> ImageRow:
         """Replace the image's tags with `tags`."""
-        cleaned = _clean_tags(tags)
-        with self._sessions.begin() as session:
-            model = _find_image(session, _check_owner(owner), image_id)
-            session.execute(delete(TagModel).where(TagModel.image_id == model.id))
-            session.add_all(TagModel(image_id=model.id, tag=tag) for tag in cleaned)
-            session.flush()
-            return _rows(session, [model])[0]
+        return self.update(owner, image_id, tags=tags)
 
     # -- reads
 
     def get(self, owner: str, image_id: str) -> ImageRow:
         with self._sessions() as session:
-            model = _find_image(session, _check_owner(owner), image_id)
+            model = _find_image(session, check_owner(owner), image_id)
             return _rows(session, [model])[0]
 
     def list(
@@ -456,9 +589,9 @@ class ImageRecords:
         search: str | None = None,
     ) -> Page:
         """Newest first. `created_after` is inclusive, `created_before` exclusive; `model`
-        matches the checkpoint's name or hash; `search` is a case-insensitive substring of
-        the prompt. Unknown filter values simply match nothing."""
-        owner = _check_owner(owner)
+        matches the checkpoint's name or hash; `search` is full-text on the prompt (every
+        word, as a word prefix: see `search.py`). Unknown filter values match nothing."""
+        owner = check_owner(owner)
         limit = _check_limit(limit)
         if search is not None and len(search) > MAX_SEARCH_LENGTH:
             raise InvalidArgument("search", f"must be at most {MAX_SEARCH_LENGTH} characters")
@@ -467,8 +600,16 @@ class ImageRecords:
         with self._sessions() as session:
             if board_id is not None:
                 _find_board(session, owner, board_id)
+            dialect = session.get_bind().dialect.name
+            broad = (
+                dialect == "sqlite"
+                and bool(search and search.strip())
+                and fulltext.sqlite_match_count(session, search or "") > fulltext.BROAD_MATCHES
+            )
             query = _filtered(
                 query,
+                dialect=dialect,
+                broad_search=broad,
                 model=model,
                 lora=lora,
                 tag=tag,
@@ -489,7 +630,7 @@ class ImageRecords:
     ) -> tuple[tuple[ImageRow, ...], tuple[ImageRow, ...]]:
         """(ancestors nearest first, descendants breadth-first) of an image, each bounded
         to 100 generations."""
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         with self._sessions() as session:
             start = _find_image(session, owner, image_id)
             ancestors = _ancestors(session, owner, start)
@@ -500,7 +641,7 @@ class ImageRecords:
 
     def _update(self, owner: str, image_id: str, **values: Any) -> ImageRow:
         with self._sessions.begin() as session:
-            model = _find_image(session, _check_owner(owner), image_id)
+            model = _find_image(session, check_owner(owner), image_id)
             for name, value in values.items():
                 setattr(model, name, value)
             session.flush()
@@ -569,8 +710,16 @@ def _rows(session: Session, models: Sequence[ImageModel]) -> list[ImageRow]:
     ]
 
 
+def check_id(field: str, value: str) -> str:
+    """`value` if it is an id this service makes (32 lowercase hex), else InvalidArgument."""
+    if not _ID.match(value or ""):
+        raise InvalidArgument(field, "must be 32 hexadecimal characters")
+    return value
+
+
 def _find_image(session: Session, owner: str, image_id: str) -> ImageModel:
     """The owner's image; another owner's id is NotFound exactly like a missing one."""
+    check_id("image_id", image_id)
     model = session.scalar(
         select(ImageModel).where(ImageModel.id == image_id, ImageModel.owner == owner)
     )
@@ -580,6 +729,7 @@ def _find_image(session: Session, owner: str, image_id: str) -> ImageModel:
 
 
 def _find_board(session: Session, owner: str, board_id: str) -> BoardModel:
+    check_id("board_id", board_id)
     board = session.scalar(
         select(BoardModel).where(BoardModel.id == board_id, BoardModel.owner == owner)
     )
@@ -591,6 +741,8 @@ def _find_board(session: Session, owner: str, board_id: str) -> BoardModel:
 def _filtered(
     query: Select[ImageModel],
     *,
+    dialect: str,
+    broad_search: bool,
     model: str | None,
     lora: str | None,
     tag: str | None,
@@ -604,18 +756,18 @@ def _filtered(
         query = query.where(or_(ImageModel.model_name == model, ImageModel.model_hash == model))
     if lora:
         query = query.where(
-            exists().where(ImageLoraModel.image_id == ImageModel.id, ImageLoraModel.name == lora)
+            ImageModel.id.in_(select(ImageLoraModel.image_id).where(ImageLoraModel.name == lora))
         )
     if tag:
         query = query.where(
-            exists().where(TagModel.image_id == ImageModel.id, TagModel.tag == tag.strip())
+            ImageModel.id.in_(select(TagModel.image_id).where(TagModel.tag == tag.strip()))
         )
     if favourite is not None:
         query = query.where(ImageModel.favourite == favourite)
     if board_id is not None:
         query = query.where(
-            exists().where(
-                BoardImageModel.image_id == ImageModel.id, BoardImageModel.board_id == board_id
+            ImageModel.id.in_(
+                select(BoardImageModel.image_id).where(BoardImageModel.board_id == board_id)
             )
         )
     if created_after is not None:
@@ -623,7 +775,11 @@ def _filtered(
     if created_before is not None:
         query = query.where(ImageModel.created_at < created_before)
     if search and search.strip():
-        query = query.where(ImageModel.prompt.ilike(_like_pattern(search.strip()), escape="\\"))
+        query = query.where(
+            fulltext.prompt_matches(
+                dialect, ImageModel.id, ImageModel.prompt, search, broad=broad_search
+            )
+        )
     return query
 
 
@@ -643,7 +799,11 @@ def _page_query(
 
 
 def _model_from(record: NewImage, loras: list[dict[str, Any]]) -> ImageModel:
-    return ImageModel(
+    return ImageModel(**_values_from(record, loras))
+
+
+def _values_from(record: NewImage, loras: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(
         id=record.id or _new_id(),
         owner=record.owner,
         created_at=record.created_at or _utcnow(),
@@ -651,6 +811,7 @@ def _model_from(record: NewImage, loras: list[dict[str, Any]]) -> ImageModel:
         object_key=record.object_key,
         thumbnail_key=record.thumbnail_key,
         sha256=record.sha256,
+        size_bytes=record.size_bytes,
         width=record.width,
         height=record.height,
         prompt=record.prompt,
@@ -679,6 +840,7 @@ def _row_from(model: ImageModel, tags: tuple[str, ...], board_ids: tuple[str, ..
         object_key=model.object_key,
         thumbnail_key=model.thumbnail_key,
         sha256=model.sha256,
+        size_bytes=model.size_bytes or 0,
         width=model.width,
         height=model.height,
         prompt=model.prompt,
@@ -707,7 +869,7 @@ class BoardRecords:
         self._sessions = _sessions(source)
 
     def create(self, owner: str, name: str) -> BoardRow:
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         name = _check_board_name(name)
         with self._sessions.begin() as session:
             taken = session.scalar(
@@ -722,7 +884,7 @@ class BoardRecords:
 
     def list(self, owner: str) -> tuple[BoardRow, ...]:
         """The owner's boards by name, with how many images each holds."""
-        owner = _check_owner(owner)
+        owner = check_owner(owner)
         with self._sessions() as session:
             boards = list(
                 session.scalars(
@@ -732,10 +894,27 @@ class BoardRecords:
             counts = _board_counts(session, [board.id for board in boards])
             return tuple(_board_row(board, counts.get(board.id, 0)) for board in boards)
 
+    def rename(self, owner: str, board_id: str, name: str) -> BoardRow:
+        """Give a board a new name, unique among the owner's boards."""
+        owner = check_owner(owner)
+        name = _check_board_name(name)
+        with self._sessions.begin() as session:
+            board = _find_board(session, owner, board_id)
+            taken = session.scalar(
+                select(BoardModel.id).where(
+                    BoardModel.owner == owner, BoardModel.name == name, BoardModel.id != board_id
+                )
+            )
+            if taken is not None:
+                raise AlreadyExists(f"board already exists: {name}")
+            board.name = name
+            session.flush()
+            return _board_row(board, _board_counts(session, [board.id]).get(board.id, 0))
+
     def delete(self, owner: str, board_id: str) -> BoardRow:
         """Remove a board; its images stay in the gallery."""
         with self._sessions.begin() as session:
-            board = _find_board(session, _check_owner(owner), board_id)
+            board = _find_board(session, check_owner(owner), board_id)
             row = _board_row(board, _board_counts(session, [board.id]).get(board.id, 0))
             session.execute(delete(BoardModel).where(BoardModel.id == board.id))
             return row
@@ -743,7 +922,7 @@ class BoardRecords:
     def add_image(self, owner: str, board_id: str, image_id: str) -> None:
         """Put an image on a board (idempotent); both must be the owner's."""
         with self._sessions.begin() as session:
-            owner = _check_owner(owner)
+            owner = check_owner(owner)
             _find_board(session, owner, board_id)
             _find_image(session, owner, image_id)
             present = session.get(BoardImageModel, (board_id, image_id))
@@ -752,7 +931,7 @@ class BoardRecords:
 
     def remove_image(self, owner: str, board_id: str, image_id: str) -> None:
         with self._sessions.begin() as session:
-            owner = _check_owner(owner)
+            owner = check_owner(owner)
             _find_board(session, owner, board_id)
             _find_image(session, owner, image_id)
             session.execute(

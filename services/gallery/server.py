@@ -13,7 +13,7 @@ from services.common.object_store import OUTPUTS_BUCKET
 from services.common.proto.sdstack.v1 import gallery_pb2_grpc
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.gallery.images import Images
-from services.gallery.records import ImageRecords, create_engine_for, create_schema
+from services.gallery.records import BoardRecords, ImageRecords, create_engine_for, create_schema
 from services.gallery.servicer import GalleryServicer
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def build(settings: Settings) -> GrpcServer:
         raise ConfigError("SDSTACK_DATABASE_URL", f"database unusable: {error}") from None
     store = connect_object_store(settings, [OUTPUTS_BUCKET])
     images = Images(store, ImageRecords(engine), max_pixels=settings.max_pixels * 4)
-    servicer = GalleryServicer(images)
+    servicer = GalleryServicer(images, BoardRecords(engine))
     server = start_grpc_service(
         settings,
         "gallery",

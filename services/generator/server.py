@@ -10,6 +10,7 @@ from transformers.utils import logging as transformers_logging
 
 from services.common.config import Settings
 from services.common.errors import ConfigError, FailedPrecondition, NotFound
+from services.common.gpu_metrics import register_gpu_metrics
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
@@ -79,6 +80,7 @@ def build(settings: Settings) -> GrpcServer:
         ),
         resolve_image=image_resolver(store, settings.max_pixels),
     )
+    register_gpu_metrics()  # per-GPU memory/utilisation in /metrics; none without a GPU
     server = start_grpc_service(
         settings,
         "generator",

@@ -5,13 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.images import decode_image
+from services.common.object_store import LORAS_BUCKET
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
 from services.generator.jobs import ImageResolver, job_from_request
-from services.generator.model_registry import ModelRegistry, StoredModel, Validator
+from services.generator.model_registry import (
+    ModelRegistry,
+    StoredModel,
+    Validator,
+    check_model_name,
+)
 from services.generator.renderer import RenderedImage
 from services.generator.samplers import SAMPLERS
 
@@ -199,3 +206,93 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 *(generator_pb2.UpscalerInfo(name=m.name, model_name=m.name) for m in models),
             ]
         )
+
+    # -- style presets: `styles/<name>.json` in the `loras` bucket (see the Style message) --
+
+    def ListStyles(
+        self, request: generator_pb2.ListStylesRequest, context: grpc.ServicerContext
+    ) -> generator_pb2.ListStylesResponse:
+        styles = []
+        for entry in self.registry.store.list(LORAS_BUCKET, prefix=STYLES_PREFIX):
+            if entry.key.endswith(".json"):
+                style = self._read_style(entry.key)
+                style.ClearField("preview")
+                styles.append(style)
+        return generator_pb2.ListStylesResponse(styles=sorted(styles, key=lambda s: s.name))
+
+    def GetStyle(
+        self, request: generator_pb2.GetStyleRequest, context: grpc.ServicerContext
+    ) -> generator_pb2.Style:
+        return self._read_style(_style_key(request.name))
+
+    def PutStyle(
+        self, request: generator_pb2.PutStyleRequest, context: grpc.ServicerContext
+    ) -> generator_pb2.Style:
+        style = generator_pb2.Style()
+        style.CopyFrom(request.style)
+        _check_style(style, self.max_pixels)
+        if style.lora:
+            self.registry.find(common_pb2.MODEL_KIND_LORA, style.lora)
+        style.has_preview = bool(style.preview)
+        style.updated_at.GetCurrentTime()
+        text = json_format.MessageToJson(style, preserving_proto_field_name=True)
+        self.registry.store.put(
+            LORAS_BUCKET, _style_key(style.name), text.encode(), content_type="application/json"
+        )
+        return style
+
+    def DeleteStyle(
+        self, request: generator_pb2.DeleteStyleRequest, context: grpc.ServicerContext
+    ) -> generator_pb2.DeleteStyleResponse:
+        key = _style_key(request.name)
+        if not self.registry.store.exists(LORAS_BUCKET, key):
+            return generator_pb2.DeleteStyleResponse(deleted=False)
+        self.registry.store.delete(LORAS_BUCKET, key)
+        return generator_pb2.DeleteStyleResponse(deleted=True)
+
+    def _read_style(self, key: str) -> generator_pb2.Style:
+        try:
+            data = self.registry.store.get_bytes(LORAS_BUCKET, key)
+        except NotFound:
+            name = key.removeprefix(STYLES_PREFIX).removesuffix(".json")
+            raise NotFound("style", name) from None
+        return json_format.Parse(data, generator_pb2.Style(), ignore_unknown_fields=True)
+
+
+STYLES_PREFIX = "styles/"
+MAX_STYLE_PREVIEW_BYTES = 1024 * 1024
+MAX_STYLE_TEXT = 2000
+
+
+def _style_key(name: str) -> str:
+    return f"{STYLES_PREFIX}{check_model_name(name)}.json"
+
+
+def _check_style(style: generator_pb2.Style, max_pixels: int) -> None:
+    """Every broken rule of a style preset, at once (the preview is decoded to be sure)."""
+    check_model_name(style.name, "style.name")
+    rules = [
+        (len(style.title) <= 100, "style.title", "at most 100 characters"),
+        (len(style.category) <= 64, "style.category", "at most 64 characters"),
+        (
+            not style.HasField("weight") or -4 <= style.weight <= 4,
+            "style.weight",
+            "must be between -4 and 4",
+        ),
+        (len(style.trigger_words) <= 32, "style.trigger_words", "at most 32 words"),
+        (
+            all(0 < len(w) <= 64 for w in style.trigger_words),
+            "style.trigger_words",
+            "each 1 to 64 characters",
+        ),
+        (len(style.prompt_template) <= MAX_STYLE_TEXT, "style.prompt_template", "≤ 2000 chars"),
+        (len(style.negative_prompt) <= MAX_STYLE_TEXT, "style.negative_prompt", "≤ 2000 chars"),
+        (len(style.preview) <= MAX_STYLE_PREVIEW_BYTES, "style.preview", "at most 1 MiB"),
+    ]
+    broken = [FieldViolation(field, rule) for ok, field, rule in rules if not ok]
+    if broken:
+        raise InvalidArgument.many(broken)
+    if style.lora:
+        check_model_name(style.lora, "style.lora")
+    if style.preview:
+        decode_image(style.preview, "style.preview", max_pixels=max_pixels)

@@ -4,6 +4,7 @@ nothing half-started, and `sdstack up` stopping cleanly on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -145,6 +146,7 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c_letting_work_finish(
         text=True,
         start_new_session=True,
     )
+    children: list[int] = []
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 240
@@ -166,6 +168,7 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c_letting_work_finish(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+            _kill_groups(children)  # each service leads a process group of its own
     time.sleep(0.5)
     alive = [pid for pid in children if _alive(pid)]
     assert not alive, f"orphans left running: {alive}"
@@ -208,3 +211,9 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _kill_groups(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)

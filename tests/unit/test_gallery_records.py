@@ -1,4 +1,8 @@
-"""Gallery records on SQLite: pagination, filters, owner isolation, lineage, tags, boards."""
+"""Gallery records on SQLite and PostgreSQL: pagination, filters, full-text search, owner
+isolation, lineage, tags, boards, updates, pending deletions and bulk inserts.
+
+Every test taking `engine` runs once per backend (`database_url` in tests/postgres_fixtures.py).
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'data' / 'gallery.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine_for(database_url)
     create_schema(engine)
     yield engine
     engine.dispose()
@@ -343,23 +347,59 @@ def test_filter_by_date_range(records: ImageRecords) -> None:
     assert expected
 
 
-def test_search_prompt_substring_case_insensitive(records: ImageRecords) -> None:
-    villa = records.add(new_image(prompt="A Modern VILLA by the sea"))
-    records.add(new_image(prompt="a castle"))
+def test_search_finds_every_word_case_insensitive(records: ImageRecords) -> None:
+    villa = records.add(new_image(prompt="A Modern VILLA by the sea, (golden hour:1.2)"))
+    castle = records.add(new_image(prompt="a castle by the sea"))
+    records.add(new_image(prompt="a modern office"))
 
     assert ids(walk(records, ALICE, 10, search="villa")) == {villa.id}
     assert ids(walk(records, ALICE, 10, search="  modern villa ")) == {villa.id}
+    assert ids(walk(records, ALICE, 10, search="villa modern")) == {villa.id}
+    assert ids(walk(records, ALICE, 10, search="sea")) == {villa.id, castle.id}
+    assert ids(walk(records, ALICE, 10, search="golden hour")) == {villa.id}
+    assert walk(records, ALICE, 10, search="villa castle") == []
 
 
-def test_search_escapes_like_wildcards(records: ImageRecords) -> None:
-    percent = records.add(new_image(prompt="100% cotton"))
-    underscore = records.add(new_image(prompt="snake_case"))
-    records.add(new_image(prompt="100 cotton snakeXcase"))
+def test_search_matches_word_prefixes_not_inner_text(records: ImageRecords) -> None:
+    houses = records.add(new_image(prompt="two timber houses"))
+    records.add(new_image(prompt="a lighthouse"))
+
+    assert ids(walk(records, ALICE, 10, search="hous")) == {houses.id}
+    assert ids(walk(records, ALICE, 10, search="timb hou")) == {houses.id}
+
+
+def test_search_ignores_punctuation_and_prompt_syntax(records: ImageRecords) -> None:
+    percent = records.add(new_image(prompt="100% cotton, (linen:1.3), <lora:archi:0.8>"))
+    records.add(new_image(prompt="snake_case"))
 
     assert ids(walk(records, ALICE, 10, search="100%")) == {percent.id}
-    assert ids(walk(records, ALICE, 10, search="e_c")) == {underscore.id}
-    assert ids(walk(records, ALICE, 10, search="%")) == {percent.id}
-    assert walk(records, ALICE, 10, search="_x") == []
+    assert ids(walk(records, ALICE, 10, search="(linen)")) == {percent.id}
+    assert ids(walk(records, ALICE, 10, search='cotton" OR "snake')) == set()
+    assert ids(walk(records, ALICE, 10, search="archi")) == {percent.id}
+    assert walk(records, ALICE, 10, search="%") == []
+    assert walk(records, ALICE, 10, search="*") == []
+
+
+def test_search_follows_prompt_changes_and_deletes(records: ImageRecords, engine: Engine) -> None:
+    row = records.add(new_image(prompt="a red barn"))
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE images SET prompt = 'a blue barn' WHERE id = :id"), {"id": row.id}
+        )
+
+    assert walk(records, ALICE, 10, search="red") == []
+    assert ids(walk(records, ALICE, 10, search="blue")) == {row.id}
+    records.delete(ALICE, row.id)
+    assert walk(records, ALICE, 10, search="barn") == []
+
+
+def test_search_of_500_characters_is_the_limit(records: ImageRecords) -> None:
+    records.add(new_image(prompt="word"))
+
+    assert records.list(ALICE, limit=10, search="word " * 100).items != ()
+    with pytest.raises(InvalidArgument) as caught:
+        records.list(ALICE, limit=10, search="w" * 501)
+    assert caught.value.violations[0].field == "search"
 
 
 def test_filters_combine_with_pagination(records: ImageRecords) -> None:
@@ -571,3 +611,138 @@ def test_owner_longer_than_the_contract_is_refused(records: ImageRecords) -> Non
     with pytest.raises(InvalidArgument) as caught:
         records.add(new_image(owner="o" * 129))
     assert caught.value.violations[0].field == "owner"
+
+
+# --------------------------------------------------------------------------- update, boards
+
+
+def test_update_changes_only_what_is_given(records: ImageRecords, boards: BoardRecords) -> None:
+    first, second = boards.create(ALICE, "First"), boards.create(ALICE, "Second")
+    row = records.add(new_image(tags=["old"]))
+
+    updated = records.update(ALICE, row.id, favourite=True, board_ids=[second.id, first.id])
+    assert (updated.favourite, updated.tags) == (True, ("old",))
+    assert set(updated.board_ids) == {first.id, second.id}
+
+    updated = records.update(ALICE, row.id, tags=["new"], board_ids=[first.id])
+    assert (updated.favourite, updated.tags, updated.board_ids) == (True, ("new",), (first.id,))
+    assert [(b.name, b.image_count) for b in boards.list(ALICE)] == [("First", 1), ("Second", 0)]
+    assert records.update(ALICE, row.id, board_ids=[]).board_ids == ()
+
+
+def test_update_is_all_or_nothing(records: ImageRecords, boards: BoardRecords) -> None:
+    bobs_board = boards.create(BOB, "Bob's")
+    row = records.add(new_image(tags=["keep"]))
+
+    with pytest.raises(NotFound) as caught:
+        records.update(ALICE, row.id, favourite=True, tags=["x"], board_ids=[bobs_board.id])
+    assert caught.value.message == f"board not found: {bobs_board.id}"
+    with pytest.raises(InvalidArgument):
+        records.update(ALICE, row.id, favourite=True, tags=["x" * 65])
+
+    unchanged = records.get(ALICE, row.id)
+    assert (unchanged.favourite, unchanged.tags, unchanged.board_ids) == (False, ("keep",), ())
+
+
+def test_rename_board(boards: BoardRecords, records: ImageRecords) -> None:
+    board = boards.create(ALICE, "Villas")
+    boards.create(ALICE, "Castles")
+    image = records.add(new_image())
+    boards.add_image(ALICE, board.id, image.id)
+
+    renamed = boards.rename(ALICE, board.id, "  Modern villas ")
+    assert (renamed.id, renamed.name, renamed.image_count) == (board.id, "Modern villas", 1)
+    assert boards.rename(ALICE, board.id, "Modern villas").name == "Modern villas"
+    with pytest.raises(AlreadyExists):
+        boards.rename(ALICE, board.id, "Castles")
+    with pytest.raises(NotFound) as caught:
+        boards.rename(BOB, board.id, "Mine now")
+    assert caught.value.message == f"board not found: {board.id}"
+    with pytest.raises(InvalidArgument) as invalid:
+        boards.rename(ALICE, board.id, "x" * 101)
+    assert invalid.value.violations[0].field == "name"
+    assert [b.name for b in boards.list(ALICE)] == ["Castles", "Modern villas"]
+
+
+@pytest.mark.parametrize("owner", ["al ice", "alice/..", "ålice", "a\x00"])
+def test_owner_outside_the_contract_alphabet_is_refused(records: ImageRecords, owner: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        records.list(owner, limit=10)
+    assert caught.value.violations[0].field == "owner"
+
+
+def test_other_owners_image_cannot_be_updated(records: ImageRecords) -> None:
+    bobs = records.add(new_image(BOB))
+
+    with pytest.raises(NotFound) as for_bobs:
+        records.update(ALICE, bobs.id, favourite=True)
+    with pytest.raises(NotFound) as for_missing:
+        records.update(ALICE, "0" * 32, favourite=True)
+    assert for_bobs.value.message.replace(bobs.id, "ID") == for_missing.value.message.replace(
+        "0" * 32, "ID"
+    )
+    assert records.get(BOB, bobs.id).favourite is False
+
+
+# --------------------------------------------------------------------------- reconcile support
+
+
+def test_delete_leaves_pending_deletions_until_finished(records: ImageRecords) -> None:
+    row = records.add(new_image(object_key="alice/a.png", thumbnail_key="alice/a.thumb.webp"))
+
+    records.delete(ALICE, row.id)
+
+    assert sorted(records.pending_deletions()) == ["alice/a.png", "alice/a.thumb.webp"]
+    records.finish_deletions(["alice/a.png", "alice/a.thumb.webp"])
+    assert records.pending_deletions() == []
+
+
+def test_stored_keys_and_sha256_lookup(records: ImageRecords) -> None:
+    a = records.add(new_image(object_key="alice/a.png", sha256="aa" * 32))
+    b = records.add(new_image(BOB, object_key="bob/b.png", thumbnail_key="bob/b.webp"))
+
+    assert sorted(records.stored_keys()) == sorted(
+        [(a.id, ALICE, "alice/a.png", None), (b.id, BOB, "bob/b.png", "bob/b.webp")]
+    )
+    assert records.find_by_sha256(ALICE, "aa" * 32) == a
+    assert records.find_by_sha256(BOB, "aa" * 32) is None
+    assert records.exists(b.id) and not records.exists("0" * 32)
+
+
+def test_add_many_is_listed_searched_and_filtered_like_add(records: ImageRecords) -> None:
+    batch = [
+        new_image(
+            created_at=T0 + timedelta(seconds=i),
+            prompt=f"tower {i}",
+            tags=["tall"] if i % 2 else [],
+            loras=[LoraUse("archi", 0.5)] if i % 3 == 0 else [],
+        )
+        for i in range(30)
+    ]
+
+    added = records.add_many(batch)
+
+    assert len(added) == 30
+    walked = walk(records, ALICE, 7)
+    assert [row.id for row in walked] == list(reversed(added))
+    assert ids(walk(records, ALICE, 10, search="tower")) == set(added)
+    assert len(walk(records, ALICE, 10, tag="tall")) == 15
+    assert len(walk(records, ALICE, 10, lora="archi")) == 10
+    assert records.get(ALICE, added[3]).loras == (LoraUse("archi", 0.5),)
+
+
+def test_search_with_many_matches_pages_like_any_listing(records: ImageRecords) -> None:
+    """Over 1000 matches SQLite switches plans (search.BROAD_MATCHES): same results."""
+    batch = [
+        new_image(created_at=T0 + timedelta(seconds=i // 2), prompt=f"common word {i % 7}")
+        for i in range(1100)
+    ]
+    added = records.add_many(batch)
+    records.add_many([new_image(BOB, prompt="common word")] * 1)
+
+    walked = walk(records, ALICE, 200, search="common")
+    rows_by_id = {row.id: row for row in walked}
+    assert [row.id for row in walked] == newest_first(list(rows_by_id.values()))
+    assert set(rows_by_id) == set(added)
+    assert len(walk(records, ALICE, 200, search="common 3")) == len(range(3, 1100, 7))
+    assert ids(walk(records, ALICE, 200, search="common", tag="none")) == set()

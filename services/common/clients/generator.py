@@ -23,6 +23,10 @@ class GeneratorClient(ServiceClient):
         "DeleteModel",
         "ListSamplers",
         "ListUpscalers",
+        "ListStyles",
+        "GetStyle",
+        "PutStyle",
+        "DeleteStyle",
     )
 
     def __init__(self, target: str, *, timeout: float = 30.0) -> None:
@@ -50,6 +54,19 @@ class GeneratorClient(ServiceClient):
                 return list(event.result.images)
         return []
 
+    def watch(
+        self, request_id: str, *, timeout: float = 600.0
+    ) -> Iterator[generator_pb2.GenerateEvent]:
+        """A running or recently finished job's events, from the first."""
+        request = generator_pb2.WatchGenerationRequest(request_id=request_id)
+        stream = self.stub.WatchGeneration(request, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise to_domain_error(error) from None
+        finally:
+            stream.cancel()
+
     def cancel(self, request_id: str) -> bool:
         reply = self._call(self.stub.Cancel, generator_pb2.CancelRequest(request_id=request_id))
         return reply.cancelled
@@ -68,6 +85,24 @@ class GeneratorClient(ServiceClient):
         reply = self._call(self.stub.ListSamplers, generator_pb2.ListSamplersRequest())
         return list(reply.samplers)
 
+    def list_upscalers(self) -> list[generator_pb2.UpscalerInfo]:
+        reply = self._call(self.stub.ListUpscalers, generator_pb2.ListUpscalersRequest())
+        return list(reply.upscalers)
+
+    def list_styles(self) -> list[generator_pb2.Style]:
+        reply = self._call(self.stub.ListStyles, generator_pb2.ListStylesRequest())
+        return list(reply.styles)
+
+    def get_style(self, name: str) -> generator_pb2.Style:
+        return self._call(self.stub.GetStyle, generator_pb2.GetStyleRequest(name=name))
+
+    def put_style(self, style: generator_pb2.Style) -> generator_pb2.Style:
+        return self._call(self.stub.PutStyle, generator_pb2.PutStyleRequest(style=style))
+
+    def delete_style(self, name: str) -> bool:
+        reply = self._call(self.stub.DeleteStyle, generator_pb2.DeleteStyleRequest(name=name))
+        return reply.deleted
+
     def import_model(
         self,
         path: Path,
@@ -76,12 +111,13 @@ class GeneratorClient(ServiceClient):
         kind: common_pb2.ModelKind,
         file_format: str,
         overwrite: bool = False,
+        sha256: str = "",
         on_chunk: Callable[[int], object] | None = None,
         timeout: float = 3600.0,
     ) -> common_pb2.ModelInfo:
         """Uploads a local model file in chunks; `on_chunk(n)` follows the progress."""
         header = generator_pb2.ImportModelHeader(
-            name=name, kind=kind, format=file_format, overwrite=overwrite
+            name=name, kind=kind, format=file_format, overwrite=overwrite, sha256=sha256
         )
 
         def parts() -> Iterator[generator_pb2.ImportModelRequest]:

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import common_pb2 as _common_pb2
@@ -149,6 +150,18 @@ class GetImageFileRequest(_message.Message):
     variant: FileVariant
     def __init__(self, owner: _Optional[str] = ..., image_id: _Optional[str] = ..., variant: _Optional[_Union[FileVariant, str]] = ...) -> None: ...
 
+class GetImageUrlRequest(_message.Message):
+    __slots__ = ("owner", "image_id", "variant", "expires_in")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    image_id: str
+    variant: FileVariant
+    expires_in: _duration_pb2.Duration
+    def __init__(self, owner: _Optional[str] = ..., image_id: _Optional[str] = ..., variant: _Optional[_Union[FileVariant, str]] = ..., expires_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
 class GetImageUrlResponse(_message.Message):
     __slots__ = ("url", "expires_at")
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -258,14 +271,16 @@ class DeleteBoardResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ImportImagesRequest(_message.Message):
-    __slots__ = ("owner", "filename", "png")
+    __slots__ = ("owner", "filename", "png", "modified_at")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
     owner: str
     filename: str
     png: bytes
-    def __init__(self, owner: _Optional[str] = ..., filename: _Optional[str] = ..., png: _Optional[bytes] = ...) -> None: ...
+    modified_at: _timestamp_pb2.Timestamp
+    def __init__(self, owner: _Optional[str] = ..., filename: _Optional[str] = ..., png: _Optional[bytes] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ImportImagesResponse(_message.Message):
     __slots__ = ("imported", "skipped")
@@ -276,15 +291,25 @@ class ImportImagesResponse(_message.Message):
     def __init__(self, imported: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[_common_pb2.FieldViolation, _Mapping]]] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ("dry_run",)
+    __slots__ = ("dry_run", "remove_orphan_records", "min_age")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_ORPHAN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGE_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
-    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+    remove_orphan_records: bool
+    min_age: _duration_pb2.Duration
+    def __init__(self, dry_run: _Optional[bool] = ..., remove_orphan_records: _Optional[bool] = ..., min_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReconcileReport(_message.Message):
-    __slots__ = ("orphan_objects", "orphan_records")
+    __slots__ = ("orphan_objects", "orphan_records", "restored", "thumbnails_rebuilt", "unrecognised_objects")
     ORPHAN_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     ORPHAN_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_REBUILT_FIELD_NUMBER: _ClassVar[int]
+    UNRECOGNISED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     orphan_objects: _containers.RepeatedScalarFieldContainer[str]
     orphan_records: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, orphan_objects: _Optional[_Iterable[str]] = ..., orphan_records: _Optional[_Iterable[str]] = ...) -> None: ...
+    restored: _containers.RepeatedScalarFieldContainer[str]
+    thumbnails_rebuilt: _containers.RepeatedScalarFieldContainer[str]
+    unrecognised_objects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, orphan_objects: _Optional[_Iterable[str]] = ..., orphan_records: _Optional[_Iterable[str]] = ..., restored: _Optional[_Iterable[str]] = ..., thumbnails_rebuilt: _Optional[_Iterable[str]] = ..., unrecognised_objects: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -57,7 +57,7 @@ class GalleryStub:
                 _registered_method=True)
         self.GetImageUrl = channel.unary_unary(
                 '/sdstack.v1.Gallery/GetImageUrl',
-                request_serializer=sdstack_dot_v1_dot_gallery__pb2.GetImageFileRequest.SerializeToString,
+                request_serializer=sdstack_dot_v1_dot_gallery__pb2.GetImageUrlRequest.SerializeToString,
                 response_deserializer=sdstack_dot_v1_dot_gallery__pb2.GetImageUrlResponse.FromString,
                 _registered_method=True)
         self.UpdateImage = channel.unary_unary(
@@ -167,25 +167,29 @@ class GalleryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateBoard(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A named collection of the owner's images; names are unique per owner.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListBoards(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The owner's boards by name, with their image counts. Idempotent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenameBoard(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Idempotent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteBoard(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The board goes; its images stay in the gallery.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,7 +202,8 @@ class GalleryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconcile(self, request, context):
-        """Repairs what a crash left between object and record writes.
+        """Repairs what a crash left between object and record writes (an operator's call: every
+        owner's images are checked).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,7 +234,7 @@ def add_GalleryServicer_to_server(servicer, server):
             ),
             'GetImageUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImageUrl,
-                    request_deserializer=sdstack_dot_v1_dot_gallery__pb2.GetImageFileRequest.FromString,
+                    request_deserializer=sdstack_dot_v1_dot_gallery__pb2.GetImageUrlRequest.FromString,
                     response_serializer=sdstack_dot_v1_dot_gallery__pb2.GetImageUrlResponse.SerializeToString,
             ),
             'UpdateImage': grpc.unary_unary_rpc_method_handler(
@@ -411,7 +416,7 @@ class Gallery:
             request,
             target,
             '/sdstack.v1.Gallery/GetImageUrl',
-            sdstack_dot_v1_dot_gallery__pb2.GetImageFileRequest.SerializeToString,
+            sdstack_dot_v1_dot_gallery__pb2.GetImageUrlRequest.SerializeToString,
             sdstack_dot_v1_dot_gallery__pb2.GetImageUrlResponse.FromString,
             options,
             channel_credentials,

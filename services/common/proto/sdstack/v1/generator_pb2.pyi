@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -306,3 +307,63 @@ class ListUpscalersResponse(_message.Message):
     UPSCALERS_FIELD_NUMBER: _ClassVar[int]
     upscalers: _containers.RepeatedCompositeFieldContainer[UpscalerInfo]
     def __init__(self, upscalers: _Optional[_Iterable[_Union[UpscalerInfo, _Mapping]]] = ...) -> None: ...
+
+class Style(_message.Message):
+    __slots__ = ("name", "title", "category", "lora", "weight", "trigger_words", "prompt_template", "negative_prompt", "preview", "has_preview", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_WORDS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    HAS_PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    title: str
+    category: str
+    lora: str
+    weight: float
+    trigger_words: _containers.RepeatedScalarFieldContainer[str]
+    prompt_template: str
+    negative_prompt: str
+    preview: bytes
+    has_preview: bool
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., title: _Optional[str] = ..., category: _Optional[str] = ..., lora: _Optional[str] = ..., weight: _Optional[float] = ..., trigger_words: _Optional[_Iterable[str]] = ..., prompt_template: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., preview: _Optional[bytes] = ..., has_preview: _Optional[bool] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListStylesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStylesResponse(_message.Message):
+    __slots__ = ("styles",)
+    STYLES_FIELD_NUMBER: _ClassVar[int]
+    styles: _containers.RepeatedCompositeFieldContainer[Style]
+    def __init__(self, styles: _Optional[_Iterable[_Union[Style, _Mapping]]] = ...) -> None: ...
+
+class GetStyleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PutStyleRequest(_message.Message):
+    __slots__ = ("style",)
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    style: Style
+    def __init__(self, style: _Optional[_Union[Style, _Mapping]] = ...) -> None: ...
+
+class DeleteStyleRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteStyleResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...

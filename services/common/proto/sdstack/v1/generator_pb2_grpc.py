@@ -80,6 +80,26 @@ class GeneratorStub:
                 request_serializer=sdstack_dot_v1_dot_generator__pb2.ListUpscalersRequest.SerializeToString,
                 response_deserializer=sdstack_dot_v1_dot_generator__pb2.ListUpscalersResponse.FromString,
                 _registered_method=True)
+        self.ListStyles = channel.unary_unary(
+                '/sdstack.v1.Generator/ListStyles',
+                request_serializer=sdstack_dot_v1_dot_generator__pb2.ListStylesRequest.SerializeToString,
+                response_deserializer=sdstack_dot_v1_dot_generator__pb2.ListStylesResponse.FromString,
+                _registered_method=True)
+        self.GetStyle = channel.unary_unary(
+                '/sdstack.v1.Generator/GetStyle',
+                request_serializer=sdstack_dot_v1_dot_generator__pb2.GetStyleRequest.SerializeToString,
+                response_deserializer=sdstack_dot_v1_dot_generator__pb2.Style.FromString,
+                _registered_method=True)
+        self.PutStyle = channel.unary_unary(
+                '/sdstack.v1.Generator/PutStyle',
+                request_serializer=sdstack_dot_v1_dot_generator__pb2.PutStyleRequest.SerializeToString,
+                response_deserializer=sdstack_dot_v1_dot_generator__pb2.Style.FromString,
+                _registered_method=True)
+        self.DeleteStyle = channel.unary_unary(
+                '/sdstack.v1.Generator/DeleteStyle',
+                request_serializer=sdstack_dot_v1_dot_generator__pb2.DeleteStyleRequest.SerializeToString,
+                response_deserializer=sdstack_dot_v1_dot_generator__pb2.DeleteStyleResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -149,6 +169,34 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStyles(self, request, context):
+        """Style presets, by name, without their preview pictures. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStyle(self, request, context):
+        """One style preset with its preview picture; an unknown name answers NOT_FOUND. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutStyle(self, request, context):
+        """Creates or replaces a style preset (the generator is the one writer of `loras`). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteStyle(self, request, context):
+        """Removes a style preset. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +244,26 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.ListUpscalers,
                     request_deserializer=sdstack_dot_v1_dot_generator__pb2.ListUpscalersRequest.FromString,
                     response_serializer=sdstack_dot_v1_dot_generator__pb2.ListUpscalersResponse.SerializeToString,
+            ),
+            'ListStyles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStyles,
+                    request_deserializer=sdstack_dot_v1_dot_generator__pb2.ListStylesRequest.FromString,
+                    response_serializer=sdstack_dot_v1_dot_generator__pb2.ListStylesResponse.SerializeToString,
+            ),
+            'GetStyle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStyle,
+                    request_deserializer=sdstack_dot_v1_dot_generator__pb2.GetStyleRequest.FromString,
+                    response_serializer=sdstack_dot_v1_dot_generator__pb2.Style.SerializeToString,
+            ),
+            'PutStyle': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutStyle,
+                    request_deserializer=sdstack_dot_v1_dot_generator__pb2.PutStyleRequest.FromString,
+                    response_serializer=sdstack_dot_v1_dot_generator__pb2.Style.SerializeToString,
+            ),
+            'DeleteStyle': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteStyle,
+                    request_deserializer=sdstack_dot_v1_dot_generator__pb2.DeleteStyleRequest.FromString,
+                    response_serializer=sdstack_dot_v1_dot_generator__pb2.DeleteStyleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +509,114 @@ class Generator:
             '/sdstack.v1.Generator/ListUpscalers',
             sdstack_dot_v1_dot_generator__pb2.ListUpscalersRequest.SerializeToString,
             sdstack_dot_v1_dot_generator__pb2.ListUpscalersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStyles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdstack.v1.Generator/ListStyles',
+            sdstack_dot_v1_dot_generator__pb2.ListStylesRequest.SerializeToString,
+            sdstack_dot_v1_dot_generator__pb2.ListStylesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStyle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdstack.v1.Generator/GetStyle',
+            sdstack_dot_v1_dot_generator__pb2.GetStyleRequest.SerializeToString,
+            sdstack_dot_v1_dot_generator__pb2.Style.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutStyle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdstack.v1.Generator/PutStyle',
+            sdstack_dot_v1_dot_generator__pb2.PutStyleRequest.SerializeToString,
+            sdstack_dot_v1_dot_generator__pb2.Style.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteStyle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdstack.v1.Generator/DeleteStyle',
+            sdstack_dot_v1_dot_generator__pb2.DeleteStyleRequest.SerializeToString,
+            sdstack_dot_v1_dot_generator__pb2.DeleteStyleResponse.FromString,
             options,
             channel_credentials,
             insecure,

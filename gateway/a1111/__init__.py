@@ -1,0 +1,1 @@
+"""The AUTOMATIC1111-compatible API (`/sdapi/v1`)."""
