@@ -348,6 +348,16 @@ class ObjectStore:
     def get_bytes(self, bucket: str, key: str) -> bytes:
         return b"".join(self.get(bucket, key))
 
+    def get_range(self, bucket: str, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer past the object's end); no checksum applies."""
+        check_bucket(bucket)
+        check_key(key)
+        if offset < 0 or length < 1:
+            raise InvalidArgument("length", "must read at least one byte from offset ≥ 0")
+        with self._errors(bucket, key):
+            response = self._client.get_object(bucket, key, offset=offset, length=length)
+        return b"".join(self._chunks(response, bucket, key))
+
     def download(self, bucket: str, key: str, dest: Path | str) -> ObjectInfo:
         """Writes the object to `dest` atomically (temporary file, fsync, rename).
 

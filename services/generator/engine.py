@@ -28,7 +28,7 @@ from services.common.errors import (
 )
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
-from services.generator.jobs import GenerationJob, Mode
+from services.generator.jobs import GenerationJob, Mode, Params
 from services.generator.model_registry import ModelRegistry, StoredModel
 from services.generator.renderer import RenderedImage, Renderer
 
@@ -71,6 +71,7 @@ class Finished:
     images: list[RenderedImage]
     elapsed_seconds: float
     model: StoredModel
+    params: Params
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ class Engine:
                 continue
             JOBS_FINISHED.labels("ok").inc()
             IMAGES_GENERATED.labels(handle.model.name).inc(len(own))
-            handle.publish(Finished(own, elapsed, handle.model))
+            handle.publish(Finished(own, elapsed, handle.model, handle.job.params))
         log.info("made %d images in %.2fs (%d jobs)", len(images), elapsed, len(live))
 
     def _stopped_early(self, handle: JobHandle) -> bool:

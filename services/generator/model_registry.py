@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable
@@ -49,6 +50,7 @@ DIFFUSERS = "diffusers"
 _FOLDER_SUFFIXES = frozenset({".json", ".txt", ".safetensors"})
 _FOLDER_MAX_BYTES = 16 << 30
 _FOLDER_MAX_FILES = 256
+_MAX_METADATA_HEADER_BYTES = 16 << 20
 _NAME = re.compile(r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$")
 
 
@@ -95,6 +97,33 @@ class ModelRegistry:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._metadata: dict[str, dict[str, str]] = {}
+
+    def file_metadata(self, model: StoredModel) -> dict[str, str]:
+        """The `__metadata__` of a stored `.safetensors` file (kohya's `ss_*` for LoRAs),
+        read with two ranged GETs and remembered by sha256; {} when it has none or cannot
+        be read."""
+        if model.format != "safetensors":
+            return {}
+        if model.sha256 not in self._metadata:
+            self._metadata[model.sha256] = self._read_metadata(model)
+        return self._metadata[model.sha256]
+
+    def _read_metadata(self, model: StoredModel) -> dict[str, str]:
+        prefix = self.store.get_range(model.bucket, model.key, 0, 8)
+        if len(prefix) < 8:
+            return {}
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(model.size_bytes - 8, _MAX_METADATA_HEADER_BYTES):
+            return {}
+        try:
+            header = json.loads(self.store.get_range(model.bucket, model.key, 8, length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(metadata, dict):
+            return {}
+        return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
 
     def list(self, kinds: Iterable[Kind] | None = None) -> list[StoredModel]:
         models = []

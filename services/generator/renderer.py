@@ -48,6 +48,9 @@ class RenderedImage:
     height: int
     infotext: str
     index: int
+    vae: StoredModel | None = None
+    loras: tuple[tuple[StoredModel, float, float], ...] = ()
+    """The LoRAs used: (file, U-Net weight, text-encoder weight)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Renderer:
                         height=image.height,
                         infotext=text,
                         index=len(images),
+                        vae=resolved.vae,
+                        loras=tuple(resolved.loras),
                     )
                 )
         return images

@@ -29,7 +29,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return value
 
 
-def model_info(model: StoredModel) -> common_pb2.ModelInfo:
+def model_info(model: StoredModel, metadata: dict[str, str] | None = None) -> common_pb2.ModelInfo:
     info = common_pb2.ModelInfo(
         name=model.name,
         kind=model.kind,
@@ -40,6 +40,7 @@ def model_info(model: StoredModel) -> common_pb2.ModelInfo:
         architecture="sd1" if model.kind == common_pb2.MODEL_KIND_CHECKPOINT else "",
         format=model.format,
         title=model.title,
+        metadata=metadata or {},
     )
     if model.created_at is not None:
         info.created_at.CopyFrom(timestamp_pb2.Timestamp(seconds=int(model.created_at.timestamp())))
@@ -84,7 +85,39 @@ def _image(image: RenderedImage, finished: Finished) -> common_pb2.GeneratedImag
         height=image.height,
         infotext=image.infotext,
         index=image.index,
+        params=_used_params(finished, image),
         model_sha256=finished.model.sha256,
+        vae_sha256=image.vae.sha256 if image.vae else "",
+    )
+
+
+def _used_params(finished: Finished, image: RenderedImage) -> common_pb2.GenerationParams:
+    """The settings that made `image`: defaults filled in, its own seed, names resolved."""
+    p = finished.params
+    return common_pb2.GenerationParams(
+        prompt=p.original_prompt or p.prompt,
+        negative_prompt=p.negative_prompt,
+        model=finished.model.name,
+        vae=image.vae.name if image.vae else "",
+        loras=[
+            common_pb2.LoraRef(
+                name=lora.name, weight=unet, text_encoder_weight=te, short_hash=lora.short_hash
+            )
+            for lora, unet, te in image.loras
+        ],
+        sampler=p.sampler,
+        schedule_type=p.schedule_type,
+        steps=p.steps,
+        cfg_scale=p.cfg_scale,
+        width=p.width,
+        height=p.height,
+        seed=image.seed,
+        subseed=image.subseed,
+        subseed_strength=image.subseed_strength,
+        batch_size=p.batch_size,
+        n_iter=p.n_iter,
+        clip_skip=p.clip_skip,
+        eta=p.eta,
     )
 
 
@@ -146,8 +179,15 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         checkpoints = [m for m in models if m.kind == common_pb2.MODEL_KIND_CHECKPOINT]
         default = self.default_checkpoint or (checkpoints[0].name if checkpoints else "")
         return generator_pb2.ListModelsResponse(
-            models=[model_info(m) for m in models], default_checkpoint=default
+            models=[model_info(m, self._listed_metadata(m)) for m in models],
+            default_checkpoint=default,
         )
+
+    def _listed_metadata(self, model: StoredModel) -> dict[str, str] | None:
+        """LoRAs are listed with their `ss_*` metadata (A1111's `/sdapi/v1/loras` shows it)."""
+        if model.kind != common_pb2.MODEL_KIND_LORA:
+            return None
+        return self.registry.file_metadata(model)
 
     RefreshModels = ListModels  # the store is read on every listing
 

@@ -194,6 +194,38 @@ def test_lora_weight_zero_is_no_lora_and_leaves_no_trace(
     assert "<lora:oak-style:1>" in parse_infotext(full.infotext).prompt
 
 
+def test_each_image_reports_the_settings_that_made_it(
+    generator: GeneratorClient, imported: dict[str, common_pb2.ModelInfo]
+) -> None:
+    first, second = _run(
+        generator,
+        params={"prompt": "a pavilion <lora:oak-style:0.8>", "vae": "warm-vae", "batch_size": 2},
+    )
+    assert (first.params.seed, second.params.seed) == (7, 8)
+    used = first.params
+    assert (used.model, used.sampler, used.steps, used.cfg_scale) == (
+        DEMO_MODEL_NAME,
+        "Euler a",
+        4,
+        7.0,
+    )
+    assert used.prompt == "a pavilion <lora:oak-style:0.8>"
+    (lora,) = used.loras
+    assert (lora.name, lora.short_hash) == ("oak-style", imported["oak-style"].short_hash)
+    assert lora.weight == pytest.approx(0.8)
+    assert used.vae == "warm-vae" and first.vae_sha256 == imported["warm-vae"].sha256
+
+
+def test_loras_are_listed_with_their_kohya_metadata(
+    generator: GeneratorClient, imported: dict[str, common_pb2.ModelInfo]
+) -> None:
+    listed = {m.name: m for m in generator.list_models(common_pb2.MODEL_KIND_LORA).models}
+    metadata = listed["oak-style"].metadata
+    assert metadata["ss_network_dim"] == "4"
+    assert metadata["ss_output_name"] == "oak"
+    assert metadata["ss_base_model_version"] == "sd_v1"
+
+
 def test_unknown_lora_is_a_clear_error(generator: GeneratorClient) -> None:
     with pytest.raises(RemoteError) as raised:
         _run(generator, params={"prompt": "x <lora:not-there:1>"})

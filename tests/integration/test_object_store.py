@@ -122,6 +122,16 @@ def test_put_and_get_bytes_record_sha256(store: ObjectStore) -> None:
     assert store.exists(OUTPUTS_BUCKET, "u1/a.png")
 
 
+def test_ranges_read_part_of_an_object(store: ObjectStore) -> None:
+    store.put(MODELS_BUCKET, "vae/ranged.bin", bytes(range(256)))
+    assert store.get_range(MODELS_BUCKET, "vae/ranged.bin", 0, 8) == bytes(range(8))
+    assert store.get_range(MODELS_BUCKET, "vae/ranged.bin", 250, 100) == bytes(range(250, 256))
+    with pytest.raises(InvalidArgument, match="length"):
+        store.get_range(MODELS_BUCKET, "vae/ranged.bin", 0, 0)
+    with pytest.raises(NotFound):
+        store.get_range(MODELS_BUCKET, "vae/missing.bin", 0, 8)
+
+
 def test_stream_of_unknown_length_round_trips(store: ObjectStore) -> None:
     size = 25 * MiB + 12345
     expected = hashlib.sha256(unsized_bytes(size)).hexdigest()
