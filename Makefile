@@ -40,7 +40,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed scripts/install_deploy_tools.sh scrip
 
 # The real CLIP vocabulary (SPEC §10), fetched once at install time, never at run time.
 $(TOKENIZER): | $(VENV)/.installed
-	$(PY) -m services.generator.clip_tokenizer $(DATA_DIR)/clip
+	$(PY) -m services.common.sd.clip_tokenizer $(DATA_DIR)/clip
 
 lint:
 	$(VENV)/bin/ruff check .

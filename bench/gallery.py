@@ -29,13 +29,13 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import Engine, insert
 
+from services.common.sql import create_engine_for
 from services.gallery.records import (
     BoardImageModel,
     BoardRecords,
     ImageRecords,
     LoraUse,
     NewImage,
-    create_engine_for,
     create_schema,
 )
 

@@ -35,7 +35,7 @@ from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
 from services.common.config import load_settings
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from services.generator.checkpoint_loader import load_pipeline
+from services.common.sd.checkpoint_loader import load_pipeline
 from services.generator.loras import make_kohya_lora
 from services.generator.modes import initial_noise
 from services.generator.tiny_model import save_tiny_model

@@ -16,7 +16,7 @@ from gateway.backends import Backends
 from gateway.docs import install_docs
 from gateway.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from gateway.generation import Generations
-from gateway.routes import boards, generations, health, images, models, styles
+from gateway.routes import boards, datasets, generations, health, images, models, styles, trainings
 from services.common.config import Settings
 from services.common.request_context import (
     REQUEST_ID_HEADER,
@@ -34,7 +34,7 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-UPLOAD_PATHS = frozenset({"/v1/models"})  # streamed to disk with their own limit
+UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets"})  # spooled to disk, their own limits
 
 Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
 
@@ -61,6 +61,8 @@ def create_app(clients: Backends, settings: Settings) -> FastAPI:
     install_docs(app)
     for module in (health, generations, images, boards, models, styles, a1111):
         app.include_router(module.router)
+    app.include_router(datasets.router)
+    app.include_router(trainings.router)
 
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.middleware("http")(Authenticator(settings.api_key_users(), limiter))

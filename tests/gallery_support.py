@@ -23,8 +23,9 @@ from services.common.grpc_server import GrpcServer, ServiceBinding
 from services.common.infotext import format_infotext, png_with_infotext
 from services.common.object_store import ObjectStore
 from services.common.proto.sdstack.v1 import gallery_pb2_grpc
+from services.common.sql import create_engine_for
 from services.gallery.images import Images
-from services.gallery.records import BoardRecords, ImageRecords, create_engine_for, create_schema
+from services.gallery.records import BoardRecords, ImageRecords, create_schema
 from services.gallery.servicer import GalleryServicer
 
 MAX_PIXELS = 4 * 2048 * 2048

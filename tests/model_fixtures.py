@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.generator.clip_tokenizer import fetch_clip_bpe, write_clip_tokenizer
+from services.common.sd.clip_tokenizer import fetch_clip_bpe, write_clip_tokenizer
 from services.generator.tiny_model import (
     DIFFUSERS_DIR,
     SINGLE_FILE,

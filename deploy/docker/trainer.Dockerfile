@@ -26,7 +26,7 @@ COPY services ./services
 COPY gateway ./gateway
 COPY sdstack ./sdstack
 RUN pip install . \
- && python -m services.generator.clip_tokenizer /opt/sdstack/clip
+ && python -m services.common.sd.clip_tokenizer /opt/sdstack/clip
 
 FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
 LABEL org.opencontainers.image.title="sdstack-trainer" \

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -36,9 +35,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     inspect,
@@ -47,7 +44,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
@@ -60,7 +56,6 @@ MAX_TAGS = 64
 MAX_SEARCH_LENGTH = 500
 MAX_BOARD_NAME_LENGTH = 100
 MAX_LINEAGE_DEPTH = 100
-SQLITE_BUSY_TIMEOUT_MS = 5000
 _OWNER = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -196,34 +191,6 @@ class PendingDeletionModel(Base):
 
     object_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_utcnow)
-
-
-def create_engine_for(url: str) -> Engine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout on each connection."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    if not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    event.listen(engine, "connect", _sqlite_pragmas(wal=not in_memory))
-    return engine
-
-
-def _sqlite_pragmas(*, wal: bool) -> Any:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            if wal:
-                cursor.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cursor.close()
-
-    return on_connect
 
 
 def create_schema(engine: Engine) -> None:

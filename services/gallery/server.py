@@ -11,9 +11,10 @@ from services.common.errors import ConfigError
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import OUTPUTS_BUCKET
 from services.common.proto.sdstack.v1 import gallery_pb2_grpc
+from services.common.sql import create_engine_for
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.gallery.images import Images
-from services.gallery.records import BoardRecords, ImageRecords, create_engine_for, create_schema
+from services.gallery.records import BoardRecords, ImageRecords, create_schema
 from services.gallery.servicer import GalleryServicer
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from services.common.proto.sdstack.v1 import common_pb2
-from services.generator.model_registry import ModelRegistry, StoredModel
+from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.tiny_model import save_tiny_model
 
 log = logging.getLogger(__name__)

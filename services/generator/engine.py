@@ -28,8 +28,8 @@ from services.common.errors import (
 )
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
+from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.jobs import GenerationJob, Mode, Params
-from services.generator.model_registry import ModelRegistry, StoredModel
 from services.generator.renderer import RenderedImage, Renderer
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from services.common.errors import InvalidArgument, NotFound
-from services.generator.checkpoint_loader import read_safetensors_header
+from services.common.sd.checkpoint_loader import read_safetensors_header
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

@@ -20,9 +20,9 @@ from diffusers import StableDiffusionPipeline
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.object_store import ObjectStore
-from services.generator.checkpoint_loader import load_pipeline
+from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.loras import LoraAdapters
-from services.generator.model_registry import DIFFUSERS, ModelRegistry, StoredModel
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,8 @@ class ModelCache:
     def local_file(self, model: StoredModel) -> Path:
         """The model's file (or diffusers folder) on local disk, downloaded and
         sha256-checked if missing."""
-        path = self.cache_dir / "files" / f"{model.sha256 or model.name}.{model.format}"
-        if path.exists():
-            MODEL_CACHE_REQUESTS.labels("file").inc()
-            return path
-        MODEL_CACHE_REQUESTS.labels("store").inc()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if model.format == DIFFUSERS:
-            ModelRegistry(self.store).download_folder(model, path)
-        else:
-            self.store.download(model.bucket, model.key, path)
+        path, fetched = ModelRegistry(self.store).local_copy(model, self.cache_dir / "files")
+        MODEL_CACHE_REQUESTS.labels("store" if fetched else "file").inc()
         return path
 
     def adapters(self, model: StoredModel) -> LoraAdapters:

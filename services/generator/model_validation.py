@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.proto.sdstack.v1 import common_pb2
-from services.generator.checkpoint_loader import check_single_file, load_pipeline
+from services.common.sd.checkpoint_loader import check_single_file, load_pipeline
 from services.generator.loras import inspect_lora
 from services.generator.upscalers import load_upscaler
 from services.generator.vaes import read_vae_file

@@ -18,11 +18,11 @@ from PIL import Image
 from services.common.errors import InvalidArgument, NotFound
 from services.common.infotext import format_infotext, format_lora_hashes, png_with_infotext
 from services.common.proto.sdstack.v1 import common_pb2
+from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator import modes
 from services.generator.jobs import GenerationJob, InpaintSpec, Mode, Params
 from services.generator.loras import LoraRequest
 from services.generator.model_cache import ModelCache
-from services.generator.model_registry import ModelRegistry, StoredModel
 from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to

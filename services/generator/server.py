@@ -14,12 +14,12 @@ from services.common.gpu_metrics import register_gpu_metrics
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
+from services.common.sd.model_registry import ModelRegistry
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
 from services.generator.engine import Engine
 from services.generator.image_inputs import image_resolver
 from services.generator.model_cache import ModelCache, default_cache_bytes
-from services.generator.model_registry import ModelRegistry
 from services.generator.model_validation import validate_model_file
 from services.generator.renderer import Renderer
 from services.generator.servicer import GeneratorServicer

@@ -11,14 +11,14 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.images import decode_image
 from services.common.object_store import LORAS_BUCKET
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
-from services.generator.jobs import ImageResolver, job_from_request
-from services.generator.model_registry import (
+from services.common.sd.model_registry import (
     ModelRegistry,
     StoredModel,
     Validator,
     check_model_name,
 )
+from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
+from services.generator.jobs import ImageResolver, job_from_request
 from services.generator.renderer import RenderedImage
 from services.generator.samplers import SAMPLERS
 

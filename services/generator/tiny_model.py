@@ -17,9 +17,9 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from services.generator import sd_configs
-from services.generator.checkpoint_layout import save_single_file
-from services.generator.sd_configs import TINY, SDArchitecture
+from services.common.sd import sd_configs
+from services.common.sd.checkpoint_layout import save_single_file
+from services.common.sd.sd_configs import TINY, SDArchitecture
 
 DIFFUSERS_DIR = "tiny-sd-diffusers"
 SINGLE_FILE = "tiny-sd.safetensors"

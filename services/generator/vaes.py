@@ -22,8 +22,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from services.common.errors import InvalidArgument, NotFound
-from services.generator.checkpoint_layout import VAE_PREFIX, vae_key, vae_to_compvis
-from services.generator.checkpoint_loader import read_safetensors_header
+from services.common.sd.checkpoint_layout import VAE_PREFIX, vae_key, vae_to_compvis
+from services.common.sd.checkpoint_loader import read_safetensors_header
 
 FIELD = "vae"
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")

@@ -40,7 +40,8 @@ import json, os, signal, sys
 from pathlib import Path
 from services.common.object_store import ObjectStore
 from services.gallery.images import Images, ImageSettings
-from services.gallery.records import ImageRecords, create_engine_for
+from services.common.sql import create_engine_for
+from services.gallery.records import ImageRecords
 
 job = json.loads(sys.argv[1])
 store = ObjectStore(job["endpoint"], job["access_key"], job["secret_key"])

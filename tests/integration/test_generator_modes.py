@@ -23,7 +23,7 @@ from services.common.clients import GeneratorClient
 from services.common.errors import RemoteError
 from services.common.infotext import parse_infotext
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from services.generator.checkpoint_layout import to_compvis_state_dict
+from services.common.sd.checkpoint_layout import to_compvis_state_dict
 from services.generator.demo_model import DEMO_MODEL_NAME
 from services.generator.loras import make_diffusers_lora, make_kohya_lora
 from services.generator.samplers import SAMPLERS

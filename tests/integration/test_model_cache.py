@@ -9,8 +9,8 @@ import torch
 
 from services.common.object_store import MODELS_BUCKET, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
+from services.common.sd.model_registry import ModelRegistry
 from services.generator.model_cache import ModelCache, pipeline_bytes
-from services.generator.model_registry import ModelRegistry
 from services.generator.tiny_model import save_tiny_model
 
 pytestmark = pytest.mark.integration

@@ -16,13 +16,13 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from services.common.errors import InvalidArgument, NotFound
-from services.generator.checkpoint_layout import unet_key, vae_key
-from services.generator.checkpoint_loader import (
+from services.common.sd.checkpoint_layout import unet_key, vae_key
+from services.common.sd.checkpoint_loader import (
     check_single_file,
     expected_shapes,
     load_pipeline,
 )
-from services.generator.sd_configs import SD15, TINY
+from services.common.sd.sd_configs import SD15, TINY
 from services.generator.tiny_model import TinyModelFiles
 
 ARCH_KEY = "sdstack.architecture"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import CLIPTokenizer
 
-from services.generator.clip_tokenizer import (
+from services.common.sd.clip_tokenizer import (
     BPE_NAME,
     BPE_SHA256,
     NUM_MERGES,
@@ -81,7 +81,7 @@ def test_fetch_prefers_the_file_named_by_the_environment(
     source.mkdir()
     shutil.copyfile(clip_tokenizer_dir.parent / BPE_NAME, source / BPE_NAME)
     monkeypatch.setenv("SDSTACK_CLIP_BPE", str(source))
-    with caplog.at_level(logging.INFO, logger="services.generator.clip_tokenizer"):
+    with caplog.at_level(logging.INFO, logger="services.common.sd.clip_tokenizer"):
         fetched = fetch_clip_bpe(tmp_path / "dest")
     assert fetched == tmp_path / "dest" / BPE_NAME
     assert str(source / BPE_NAME) in caplog.text

@@ -15,10 +15,10 @@ from prometheus_client import REGISTRY
 
 from services.common.errors import AlreadyExists, Cancelled, DeadlineExceeded, Overloaded
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.common.sd.model_registry import StoredModel
 from services.generator.engine import Engine, Failed, Finished, JobHandle, Progress, Queued
 from services.generator.jobs import GenerationJob, job_from_request
 from services.generator.loras import LoraAdapters
-from services.generator.model_registry import StoredModel
 from services.generator.renderer import Renderer
 
 MODEL = StoredModel(

@@ -16,13 +16,13 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import sessionmaker
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.sql import SQLITE_BUSY_TIMEOUT_MS, create_engine_for
 from services.gallery.records import (
     BoardRecords,
     ImageRecords,
     ImageRow,
     LoraUse,
     NewImage,
-    create_engine_for,
     create_schema,
     decode_cursor,
     encode_cursor,
@@ -108,7 +108,7 @@ def test_engine_creates_directory_and_sets_sqlite_pragmas(tmp_path: Path) -> Non
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == SQLITE_BUSY_TIMEOUT_MS
     assert path.exists()
     tables = set(inspect(engine).get_table_names())
     assert {"images", "tags", "boards", "board_images"} <= tables

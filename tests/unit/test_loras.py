@@ -16,7 +16,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from services.common.errors import InvalidArgument, NotFound
-from services.generator import checkpoint_loader
+from services.common.sd import checkpoint_loader
 from services.generator.loras import (
     LoraAdapters,
     LoraRequest,

@@ -12,9 +12,9 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from services.generator.checkpoint_layout import PREFIXES
-from services.generator.checkpoint_loader import load_pipeline
-from services.generator.sd_configs import SD15, TINY, SDArchitecture, write_config_folder
+from services.common.sd.checkpoint_layout import PREFIXES
+from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.sd_configs import SD15, TINY, SDArchitecture, write_config_folder
 from services.generator.tiny_model import TinyModelFiles, build_tiny_pipeline
 
 PROMPT = "a photo of a cat"

@@ -248,7 +248,7 @@ class AutoTagRequest(_message.Message):
     def __init__(self, owner: _Optional[str] = ..., dataset_id: _Optional[str] = ..., tagger: _Optional[str] = ..., threshold: _Optional[float] = ..., character_threshold: _Optional[float] = ..., overwrite: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("dataset_id", "base_model", "output_name", "preset", "network_dim", "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr", "train_text_encoder", "optimizer", "lr_scheduler", "lr_warmup_steps", "repeats", "epochs", "batch_size", "resolution", "bucketing", "mixed_precision", "gradient_checkpointing", "cache_latents", "cache_text_embeddings", "noise_offset", "min_snr_gamma", "clip_skip", "seed", "sample_every_n_steps", "sample_prompts", "save_every_n_epochs", "max_train_steps")
+    __slots__ = ("dataset_id", "base_model", "output_name", "preset", "network_dim", "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr", "train_text_encoder", "optimizer", "lr_scheduler", "lr_warmup_steps", "repeats", "epochs", "batch_size", "resolution", "bucketing", "mixed_precision", "gradient_checkpointing", "cache_latents", "cache_text_embeddings", "noise_offset", "min_snr_gamma", "clip_skip", "seed", "sample_every_n_steps", "sample_prompts", "save_every_n_epochs", "max_train_steps", "save_state_every_n_steps")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +279,7 @@ class TrainingConfig(_message.Message):
     SAMPLE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SAVE_EVERY_N_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_TRAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SAVE_STATE_EVERY_N_STEPS_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     base_model: str
     output_name: str
@@ -309,7 +310,8 @@ class TrainingConfig(_message.Message):
     sample_prompts: _containers.RepeatedScalarFieldContainer[str]
     save_every_n_epochs: int
     max_train_steps: int
-    def __init__(self, dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., output_name: _Optional[str] = ..., preset: _Optional[_Union[TrainingPreset, str]] = ..., network_dim: _Optional[int] = ..., network_alpha: _Optional[float] = ..., learning_rate: _Optional[float] = ..., unet_lr: _Optional[float] = ..., text_encoder_lr: _Optional[float] = ..., train_text_encoder: _Optional[bool] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., lr_scheduler: _Optional[str] = ..., lr_warmup_steps: _Optional[int] = ..., repeats: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., resolution: _Optional[int] = ..., bucketing: _Optional[bool] = ..., mixed_precision: _Optional[_Union[MixedPrecision, str]] = ..., gradient_checkpointing: _Optional[bool] = ..., cache_latents: _Optional[bool] = ..., cache_text_embeddings: _Optional[bool] = ..., noise_offset: _Optional[float] = ..., min_snr_gamma: _Optional[float] = ..., clip_skip: _Optional[int] = ..., seed: _Optional[int] = ..., sample_every_n_steps: _Optional[int] = ..., sample_prompts: _Optional[_Iterable[str]] = ..., save_every_n_epochs: _Optional[int] = ..., max_train_steps: _Optional[int] = ...) -> None: ...
+    save_state_every_n_steps: int
+    def __init__(self, dataset_id: _Optional[str] = ..., base_model: _Optional[str] = ..., output_name: _Optional[str] = ..., preset: _Optional[_Union[TrainingPreset, str]] = ..., network_dim: _Optional[int] = ..., network_alpha: _Optional[float] = ..., learning_rate: _Optional[float] = ..., unet_lr: _Optional[float] = ..., text_encoder_lr: _Optional[float] = ..., train_text_encoder: _Optional[bool] = ..., optimizer: _Optional[_Union[Optimizer, str]] = ..., lr_scheduler: _Optional[str] = ..., lr_warmup_steps: _Optional[int] = ..., repeats: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., resolution: _Optional[int] = ..., bucketing: _Optional[bool] = ..., mixed_precision: _Optional[_Union[MixedPrecision, str]] = ..., gradient_checkpointing: _Optional[bool] = ..., cache_latents: _Optional[bool] = ..., cache_text_embeddings: _Optional[bool] = ..., noise_offset: _Optional[float] = ..., min_snr_gamma: _Optional[float] = ..., clip_skip: _Optional[int] = ..., seed: _Optional[int] = ..., sample_every_n_steps: _Optional[int] = ..., sample_prompts: _Optional[_Iterable[str]] = ..., save_every_n_epochs: _Optional[int] = ..., max_train_steps: _Optional[int] = ..., save_state_every_n_steps: _Optional[int] = ...) -> None: ...
 
 class TrainingEstimate(_message.Message):
     __slots__ = ("total_steps", "images", "repeats", "epochs", "batch_size", "estimated_file_bytes", "warnings", "resolved")
@@ -350,7 +352,7 @@ class StartTrainingRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., owner: _Optional[str] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ...) -> None: ...
 
 class TrainingJob(_message.Message):
-    __slots__ = ("id", "owner", "state", "estimate", "step", "epoch", "loss", "learning_rate", "eta", "created_at", "started_at", "finished_at", "lora_name", "error", "sample_keys")
+    __slots__ = ("id", "owner", "state", "estimate", "step", "epoch", "loss", "learning_rate", "eta", "created_at", "started_at", "finished_at", "lora_name", "error", "sample_keys", "attempts", "resumed_from_step", "lora_file_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +368,9 @@ class TrainingJob(_message.Message):
     LORA_NAME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    LORA_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     state: TrainingState
@@ -381,7 +386,10 @@ class TrainingJob(_message.Message):
     lora_name: str
     error: str
     sample_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[TrainingState, str]] = ..., estimate: _Optional[_Union[TrainingEstimate, _Mapping]] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lora_name: _Optional[str] = ..., error: _Optional[str] = ..., sample_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    attempts: int
+    resumed_from_step: int
+    lora_file_bytes: int
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[_Union[TrainingState, str]] = ..., estimate: _Optional[_Union[TrainingEstimate, _Mapping]] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., eta: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lora_name: _Optional[str] = ..., error: _Optional[str] = ..., sample_keys: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., resumed_from_step: _Optional[int] = ..., lora_file_bytes: _Optional[int] = ...) -> None: ...
 
 class GetTrainingRequest(_message.Message):
     __slots__ = ("owner", "job_id")

@@ -205,6 +205,20 @@ class ModelRegistry:
         self._delete_folder_files(name, keep=folder_prefix)
         return self.find(kind, name)
 
+    def local_copy(self, model: StoredModel, files_dir: Path) -> tuple[Path, bool]:
+        """The model on local disk under `files_dir`, named by its sha256 so a renamed or
+        re-uploaded model is never fetched twice; (path, whether it was fetched now).
+        Downloads are checked against the recorded sha256 and appear whole or not at all."""
+        path = files_dir / f"{model.sha256 or model.name}.{model.format}"
+        if path.exists():
+            return path, False
+        files_dir.mkdir(parents=True, exist_ok=True)
+        if model.format == DIFFUSERS:
+            self.download_folder(model, path)
+        else:
+            self.store.download(model.bucket, model.key, path)
+        return path, True
+
     def download_folder(self, model: StoredModel, dest: Path) -> None:
         """Fetches a stored diffusers folder into `dest`, which appears whole or not at all."""
         manifest = json.loads(self.store.get_bytes(model.bucket, model.key))

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from services.generator.sd_configs import SDArchitecture
+from services.common.sd.sd_configs import SDArchitecture
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline

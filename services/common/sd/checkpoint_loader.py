@@ -30,15 +30,15 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from services.common.errors import InvalidArgument, NotFound
-from services.generator import sd_configs
-from services.generator.checkpoint_layout import (
+from services.common.sd import sd_configs
+from services.common.sd.checkpoint_layout import (
     PREFIXES,
     TEXT_PREFIX,
     UNET_PREFIX,
     VAE_PREFIX,
     to_compvis_state_dict,
 )
-from services.generator.sd_configs import SD15, TINY, SDArchitecture
+from services.common.sd.sd_configs import SD15, TINY, SDArchitecture
 
 log = logging.getLogger(__name__)
 
