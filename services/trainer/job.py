@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from services.trainer.runners import JOB_ID_VARIABLE
 from services.trainer.worker import main as worker_main
-
-JOB_ID_VARIABLE = "SDSTACK_TRAINING_JOB_ID"
 
 
 def main() -> int:

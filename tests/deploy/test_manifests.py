@@ -37,14 +37,9 @@ SECRET_KEYS = {
     "sdstack-db": {"username", "password", "database-url"},
     "sdstack-api-keys": {"api-keys"},
 }
-# Settings the trainer issue adds (Kubernetes runner); everything else must be a setting
-# services/common/config.py reads today.
-PENDING_SETTINGS = {
-    "SDSTACK_TRAINER_RUNNER",
-    "SDSTACK_TRAINER_JOB_TEMPLATE",
-    "SDSTACK_TRAINER_NAMESPACE",
-    "SDSTACK_TRAINING_JOB_ID",
-}
+# Variables that are not settings: the trainer sets this one in each training Job it creates
+# (read by services/trainer/job.py). Every other SDSTACK_* must be a setting of config.py.
+PENDING_SETTINGS = {"SDSTACK_TRAINING_JOB_ID"}
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,13 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors import safe_open
 
 from services.common.sql import create_engine_for
@@ -151,6 +153,17 @@ def test_training_survives_a_killed_worker_and_the_lora_is_usable(
         assert job["sample_keys"] and job["lora_name"] == "stripes-style"
         final_events = list(_events(http, job_id))
         assert [k for k, _ in final_events] == ["job"]
+        succeeded = ("sdstack_training_jobs_total", (("outcome", "succeeded"),))
+        metrics = _trainer_metrics(running_stack)
+        for _ in range(50):  # the queue's next pass (every 0.5 s) counts the ended job
+            if metrics.get(succeeded, 0) >= 1:
+                break
+            time.sleep(0.2)
+            metrics = _trainer_metrics(running_stack)
+        assert metrics.get(succeeded, 0) >= 1
+        # the steps redone after the resume are counted again
+        steps = metrics[("sdstack_training_steps_total", (("job_id", job_id),))]
+        assert TOTAL_STEPS <= steps <= 2 * TOTAL_STEPS
 
         loras = {m["name"]: m for m in http.get("/v1/loras").json()}
         assert {"stripes-style", "stripes-style-000005"} <= set(loras)
@@ -172,3 +185,14 @@ def test_training_survives_a_killed_worker_and_the_lora_is_usable(
             return http.get(made.json()["images"][0]["url"]).content
 
         assert image("sks stripes, red <lora:stripes-style:1>") != image("sks stripes, red")
+
+
+def _trainer_metrics(stack: RunningStack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    s = stack.settings
+    with urllib.request.urlopen(f"http://{s.host}:{s.trainer_metrics_port}/metrics") as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
