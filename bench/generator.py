@@ -29,7 +29,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
 from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
@@ -104,6 +104,9 @@ class Bench:
             tokenizer_dir=self.tokenizer,
         )
         pipe.set_progress_bar_config(disable=True)
+        # the same sampler as the service's requests (A1111 "Euler a"); the checkpoint's own
+        # PNDM would run one U-Net pass more per image
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
         size, steps = self.args.size, self.args.steps
         noise = initial_noise((4, size // 8, size // 8), [42])
 

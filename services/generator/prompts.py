@@ -347,7 +347,7 @@ class PromptEncoder:
         self.id_end: int = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id
         self.id_pad: int = self.id_end if pad is None else pad
-        self.comma_token: int | None = tokenizer.get_vocab().get(",</w>")
+        self.comma_token: int | None = _token_id(tokenizer, ",</w>")
 
     def count_tokens(self, prompt: str) -> int:
         """A1111's token counter: full chunks count 75, the last one its real length.
@@ -470,6 +470,12 @@ class PromptEncoder:
         """transformers 5 keeps the layer norm on `CLIPTextModel` itself; 4.x on `text_model`."""
         owner = getattr(self.text_encoder, "text_model", self.text_encoder)
         return owner.final_layer_norm(hidden)
+
+
+def _token_id(tokenizer: CLIPTokenizer, token: str) -> int | None:
+    """The id of `token`, or None; one look-up (`get_vocab()` would copy all 49k entries)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    return None if found is None or found == tokenizer.unk_token_id else found
 
 
 def _apply_emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
