@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.a1111 import routes as a1111
 from gateway.a1111.routes import OptionsBook
@@ -17,6 +20,7 @@ from gateway.docs import install_docs
 from gateway.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from gateway.generation import Generations
 from gateway.routes import boards, datasets, generations, health, images, models, styles, trainings
+from gateway.routes.ui import install_ui
 from services.common.config import Settings
 from services.common.request_context import (
     REQUEST_ID_HEADER,
@@ -35,8 +39,6 @@ HTTP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
 UPLOAD_PATHS = frozenset({"/v1/models", "/v1/datasets"})  # spooled to disk, their own limits
-
-Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
 
 
 def create_app(clients: Backends, settings: Settings) -> FastAPI:
@@ -63,23 +65,45 @@ def create_app(clients: Backends, settings: Settings) -> FastAPI:
         app.include_router(module.router)
     app.include_router(datasets.router)
     app.include_router(trainings.router)
+    install_ui(app)  # the web UI at / (static, public; its API calls carry the key)
 
+    # innermost: a body over the limit raises while the route reads it (no middleware between)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.middleware("http")(Authenticator(settings.api_key_users(), limiter))
-    app.middleware("http")(_body_limit(settings.max_body_bytes))
     app.middleware("http")(_request_context)
     return app
 
 
-def _body_limit(max_bytes: int) -> Middleware:
-    async def limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
-        length = request.headers.get("content-length", "")
-        if request.url.path not in UPLOAD_PATHS and length.isdigit() and int(length) > max_bytes:
-            body = error_body("PAYLOAD_TOO_LARGE", f"the body must be at most {max_bytes} bytes")
-            return JSONResponse(body, 413)
-        return await call_next(request)
+class BodyLimit:
+    """413 for a body over `max_bytes`: at once by its Content-Length, or as soon as a body
+    sent without one (chunked) grows past the limit while it is read."""
 
-    return limit
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        rule = f"the body must be at most {self.max_bytes} bytes"
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse(error_body("PAYLOAD_TOO_LARGE", rule), 413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, rule)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 async def _request_context(

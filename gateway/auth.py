@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 
 from gateway.errors import error_body
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-OPEN_PREFIXES = ("/docs",)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/"})
+OPEN_PREFIXES = ("/docs", "/ui/")  # the web UI's static files: its API calls carry a key
 A1111_PREFIX = "/sdapi/"
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_SEED = 4_294_967_294
 MAX_BASE64_CHARS = (32 * 1024 * 1024 + 2) // 3 * 4 + 256
 MAX_PROMPT = 20_000
+STYLE_NAME = r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$"  # as /v1/styles names
 Base64Image = str
 
 
@@ -26,7 +27,9 @@ class Lenient(BaseModel):
 class Txt2ImgRequest(Lenient):
     prompt: str = Field("", max_length=MAX_PROMPT)
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
-    styles: list[str] | None = Field(None, max_length=8, description="Style preset names.")
+    styles: list[Annotated[str, Field(pattern=STYLE_NAME)]] | None = Field(
+        None, max_length=8, description="Style preset names."
+    )
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)

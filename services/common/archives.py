@@ -36,6 +36,8 @@ def extract_zip(
         with zipfile.ZipFile(archive) as bundle:
             entries = [info for info in bundle.infolist() if not info.is_dir()]
             _check_entries(entries, field_name, max_files, allowed_suffixes)
+            if sum(info.file_size for info in entries) > max_bytes:  # a bomb, refused unread
+                raise InvalidArgument(field_name, f"expands to more than {max_bytes >> 20} MiB")
             dest.mkdir(parents=True, exist_ok=True)
             try:
                 _copy_out(bundle, entries, dest, field_name, max_bytes)

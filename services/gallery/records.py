@@ -58,6 +58,7 @@ MAX_BOARD_NAME_LENGTH = 100
 MAX_LINEAGE_DEPTH = 100
 _OWNER = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # NUL breaks PostgreSQL text; none belong in a name
 
 
 # --------------------------------------------------------------------------- schema
@@ -338,6 +339,8 @@ def _clean_tags(tags: Iterable[str]) -> list[str]:
             raise InvalidArgument("tags", "must not contain empty tags")
         if len(text) > MAX_TAG_LENGTH:
             raise InvalidArgument("tags", f"each tag must be at most {MAX_TAG_LENGTH} characters")
+        if _CONTROL.search(text):
+            raise InvalidArgument("tags", "must not contain control characters")
         cleaned.setdefault(text, None)
     if len(cleaned) > MAX_TAGS:
         raise InvalidArgument("tags", f"must be at most {MAX_TAGS} tags")
@@ -914,6 +917,8 @@ def _check_board_name(name: str) -> str:
         raise InvalidArgument("name", "must not be empty")
     if len(text) > MAX_BOARD_NAME_LENGTH:
         raise InvalidArgument("name", f"must be at most {MAX_BOARD_NAME_LENGTH} characters")
+    if _CONTROL.search(text):
+        raise InvalidArgument("name", "must not contain control characters")
     return text
 
 

@@ -253,6 +253,9 @@ def _loras(check: _Checker, p: common_pb2.GenerationParams, prompt: str) -> tupl
     return cleaned, uses
 
 
+BATCH_PIXEL_FACTOR = 4  # a batch is denoised at once: 8 × 1024² fits, 8 × 2048² does not
+
+
 def _params(
     check: _Checker, p: common_pb2.GenerationParams, size: tuple[int, int], max_pixels: int
 ) -> Params:
@@ -262,6 +265,8 @@ def _params(
         "params.negative_prompt",
         "at most 20000 characters",
     )
+    for name in ("prompt", "negative_prompt"):  # PNG text and PostgreSQL cannot hold NUL
+        check.require("\x00" not in getattr(p, name), f"params.{name}", "must not contain NUL")
     width, height = p.width or size[0], p.height or size[1]
     _check_size(check, "params.width", width)
     _check_size(check, "params.height", height)
@@ -283,6 +288,11 @@ def _params(
     batch_size, n_iter = p.batch_size or 1, p.n_iter or 1
     check.require(1 <= batch_size <= 8, "params.batch_size", "must be between 1 and 8")
     check.require(1 <= n_iter <= 16, "params.n_iter", "must be between 1 and 16")
+    check.require(
+        batch_size * width * height <= BATCH_PIXEL_FACTOR * max_pixels,
+        "params.batch_size",
+        f"batch_size×width×height must be ≤ {BATCH_PIXEL_FACTOR * max_pixels} pixels",
+    )
     clip_skip = p.clip_skip or 1
     check.require(1 <= clip_skip <= 12, "params.clip_skip", "must be between 1 and 12")
     if p.HasField("eta"):

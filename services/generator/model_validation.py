@@ -6,7 +6,7 @@ is unloadable or unsafe. Pickles are only ever read through the safe loader.
 - LoRAs: a kohya/A1111 or diffusers layout, from the header;
 - VAEs: VAE tensors, safely read (whether they fit a checkpoint is checked at use);
 - upscalers: an ESRGAN-family network;
-- taggers: an ONNX file (checked when the trainer loads it).
+- taggers: an ONNX file: a protobuf `ModelProto` with a graph (the trainer loads it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
+from services.common.errors import InvalidArgument
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.checkpoint_loader import check_single_file, load_pipeline
 from services.generator.loras import inspect_lora
@@ -39,6 +41,46 @@ def validate_model_file(
         _with_suffix(path, file_format, read_vae_file)
     elif kind == common_pb2.MODEL_KIND_UPSCALER:
         _with_suffix(path, file_format, load_upscaler)
+    elif kind == common_pb2.MODEL_KIND_TAGGER:
+        check_onnx_file(path)
+
+
+def check_onnx_file(path: Path) -> None:
+    """Walks the top-level protobuf fields of an ONNX `ModelProto` (skipping their bodies,
+    so a large model is not read): they must fill the file exactly and include
+    `ir_version` (field 1) and `graph` (field 7). A pickle or zip named `.onnx` fails."""
+    size = path.stat().st_size
+    seen: set[tuple[int, int]] = set()
+    try:
+        with path.open("rb") as file:
+            while file.tell() < size:
+                key = _varint(file)
+                number, wire = key >> 3, key & 7
+                if number == 0 or wire not in (0, 1, 2, 5):
+                    raise ValueError(f"field {number}, wire type {wire}")
+                length = {0: 0, 1: 8, 5: 4}.get(wire)
+                if wire == 0:
+                    _varint(file)
+                else:
+                    file.seek(_varint(file) if length is None else length, 1)
+                seen.add((number, wire))
+            if file.tell() == size and {(1, 0), (7, 2)} <= seen:
+                return
+    except ValueError:
+        pass
+    raise InvalidArgument("model", "is not an ONNX model (a protobuf ModelProto with a graph)")
+
+
+def _varint(file: BinaryIO) -> int:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = file.read(1)
+        if not byte:
+            raise ValueError("ends inside a number")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("number longer than 64 bits")
 
 
 def _with_suffix(path: Path, file_format: str, check: Callable[[Path], object]) -> None:

@@ -11,8 +11,11 @@ grammar would not accept (say `[a:b]`, or a stray `|`) is used unscheduled, as A
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+MAX_NESTING = 64  # deeper brackets are not editing syntax (and would exhaust the stack)
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")
 
 
@@ -49,6 +52,10 @@ class _NotEditable(Exception):
     """The prompt does not follow the editing grammar; it is used as written."""
 
 
+class _TooDeep(_NotEditable):
+    """Brackets nested past `MAX_NESTING`: the whole prompt is used as written."""
+
+
 def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     """`[(last_step, prompt_text), ...]`: the text to use up to and including each step.
 
@@ -67,6 +74,17 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.at = 0
+        self.depth = 0
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        if self.depth >= MAX_NESTING:
+            raise _TooDeep
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def parse(self) -> tuple[_Node, ...]:
         items = self._sequence(stops="", top=True)
@@ -103,6 +121,8 @@ class _Parser:
         start = self.at
         try:
             return self._round() if char == "(" else self._square()
+        except _TooDeep:
+            raise
         except _NotEditable:
             self.at = start + 1
             return _Text(char)
@@ -119,10 +139,11 @@ class _Parser:
         self.at += 1
 
     def _round(self) -> _Group:
-        self._expect("(")
-        items = self._round_body()
-        self._expect(")")
-        return _Group("(", items, ")")
+        with self._nested():
+            self._expect("(")
+            items = self._round_body()
+            self._expect(")")
+            return _Group("(", items, ")")
 
     def _round_body(self) -> tuple[_Node, ...]:
         """Inside `( )` a colon introduces the weight and stays text."""
@@ -136,6 +157,10 @@ class _Parser:
         return tuple(items)
 
     def _square(self) -> _Node:
+        with self._nested():
+            return self._square_body()
+
+    def _square_body(self) -> _Node:
         self._expect("[")
         first = self._sequence(stops=":|]")
         char = self._peek()

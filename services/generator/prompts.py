@@ -40,6 +40,7 @@ COMMA_BACKTRACK = 20
 """A1111's `comma_padding_backtrack` default: how far back a chunk overflow looks for a comma."""
 
 ROUND_MULTIPLIER = 1.1
+MAX_EMPHASIS_WEIGHT = 1e6  # past it an embedding overflows float32/16 into NaN pictures
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK_TEXT = "BREAK"
 BREAK_WEIGHT = -1.0
@@ -110,8 +111,11 @@ def parse_prompt_attention(text: str, field: str = PROMPT_FIELD) -> list[tuple[s
     for start in square_open:
         parts.multiply_from(start, SQUARE_MULTIPLIER)
     weights = parts.resolve()
-    if not all(math.isfinite(w) for w in weights):
-        raise InvalidArgument(field, "emphasis weights must be finite numbers")
+    if not all(math.isfinite(w) and abs(w) <= MAX_EMPHASIS_WEIGHT for w in weights):
+        raise InvalidArgument(
+            field,
+            f"emphasis weights (nested brackets multiply) must be at most {MAX_EMPHASIS_WEIGHT:g}",
+        )
     return _merge_equal(list(zip(parts.texts, weights, strict=True)) or [("", 1.0)])
 
 

@@ -15,6 +15,7 @@ from services.common.sd.model_registry import (
     ModelRegistry,
     StoredModel,
     Validator,
+    check_kind,
     check_model_name,
 )
 from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
@@ -174,7 +175,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     def ListModels(
         self, request: generator_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> generator_pb2.ListModelsResponse:
-        kinds = [request.kind] if request.kind else None
+        kinds = [check_kind(request.kind)] if request.kind else None
         models = self.registry.list(kinds)
         checkpoints = [m for m in models if m.kind == common_pb2.MODEL_KIND_CHECKPOINT]
         default = self.default_checkpoint or (checkpoints[0].name if checkpoints else "")
