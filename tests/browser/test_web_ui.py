@@ -513,4 +513,14 @@ def test_train_a_lora_from_uploaded_pictures_and_make_it_a_style(
         assert style["lora"] == name and style["trigger_words"] == ["sksuitest"]
         assert style["preview_url"] is not None  # the last sample picture
     page.get_by_role("link", name="Create").click()
-    page.locator(f'.style-card[data-style="{name}-style"] img').wait_for()
+    card = page.locator(f'.style-card[data-style="{name}-style"]')
+    card.locator("img").wait_for()
+    card.click()  # use the new LoRA: its style brings it and its trigger word
+    small_images(page, steps=2, batch=1)
+    page.get_by_label("Prompt", exact=True).fill("a tiled wall")
+    page.get_by_role("button", name="Generate").click()
+    (image_id,) = wait_done(newest_run(page), 1)
+    with running_stack.http() as http:
+        record = http.get(f"/v1/images/{image_id}").json()
+    assert [lora["name"] for lora in record["loras"]] == [name]
+    assert "sksuitest" in record["prompt"]
