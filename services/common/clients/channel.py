@@ -9,7 +9,7 @@ non-idempotent calls (Generate, CreateImage, …) are never retried. Targets may
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 import grpc
@@ -163,3 +163,14 @@ class ServiceClient:
             return method(request, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
             raise to_domain_error(error) from None
+
+    def _stream(self, method: Callable[..., Any], request: Any, timeout: float) -> Iterator[Any]:
+        """A server stream's messages, errors as domain errors; closing the iterator (or
+        leaving it early) cancels the call."""
+        stream = method(request, timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise to_domain_error(error) from None
+        finally:
+            stream.cancel()

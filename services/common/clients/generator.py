@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
-
-from services.common.clients.channel import ServiceClient, to_domain_error
+from services.common.clients.channel import ServiceClient
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -37,13 +35,7 @@ class GeneratorClient(ServiceClient):
         self, request: generator_pb2.GenerateRequest, *, timeout: float = 600.0
     ) -> Iterator[generator_pb2.GenerateEvent]:
         """Streams the job's events; cancelling the iterator cancels the job."""
-        stream = self.stub.Generate(request, timeout=timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise to_domain_error(error) from None
-        finally:
-            stream.cancel()
+        return self._stream(self.stub.Generate, request, timeout)
 
     def generate_images(
         self, request: generator_pb2.GenerateRequest, *, timeout: float = 600.0
@@ -59,13 +51,7 @@ class GeneratorClient(ServiceClient):
     ) -> Iterator[generator_pb2.GenerateEvent]:
         """A running or recently finished job's events, from the first."""
         request = generator_pb2.WatchGenerationRequest(request_id=request_id)
-        stream = self.stub.WatchGeneration(request, timeout=timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise to_domain_error(error) from None
-        finally:
-            stream.cancel()
+        return self._stream(self.stub.WatchGeneration, request, timeout)
 
     def cancel(self, request_id: str) -> bool:
         reply = self._call(self.stub.Cancel, generator_pb2.CancelRequest(request_id=request_id))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-import grpc
-
-from services.common.clients.channel import ServiceClient, to_domain_error
+from services.common.clients.channel import ServiceClient
 from services.common.proto.sdstack.v1 import trainer_pb2, trainer_pb2_grpc
 
 
@@ -139,10 +137,4 @@ class TrainerClient(ServiceClient):
         """The job now, then progress, samples and state changes until a final state;
         closing the iterator ends the stream."""
         request = trainer_pb2.WatchTrainingRequest(owner=owner, job_id=job_id)
-        stream = self.stub.WatchTraining(request, timeout=timeout)
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            raise to_domain_error(error) from None
-        finally:
-            stream.cancel()
+        return self._stream(self.stub.WatchTraining, request, timeout)
