@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 DATA_DIR := $(or $(SDSTACK_DATA_DIR),.data)
 TOKENIZER := $(DATA_DIR)/clip/tokenizer/vocab.json
 
-.PHONY: up test install install-dev lint format protos clean
+.PHONY: up test test-slow install install-dev lint format protos clean
 
 up: install  ## start the object store, the three services and the gateway
 	$(PY) -m sdstack.cli up
@@ -16,6 +16,9 @@ test: install-dev  ## install what tests need and run lint and the whole suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+test-slow: install-dev  ## the heavy load test and the memory soak (results go to bench/RESULTS.md)
+	$(PY) -m pytest -m slow
 
 install: $(VENV)/.installed $(TOKENIZER)
 

@@ -12,7 +12,7 @@ import pytest
 from tests.browser.conftest import screenshot
 from tests.stack_fixtures import ExtraProcess, RunningStack, start_gateway
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 # Records every progress label a run card shows, to prove progress was live.
 WATCH_PROGRESS = """() => {

@@ -34,7 +34,7 @@ from services.common.proto.sdstack.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.deploy.manifests import DEPLOY, REPO, tool
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 SERVICES = ("gateway", "generator", "trainer", "gallery")
 WAIT_SECONDS = 60.0

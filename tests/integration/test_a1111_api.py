@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 TXT2IMG = {
     "prompt": "a glass house in a forest",

@@ -17,7 +17,7 @@ from services.common.errors import RemoteError
 from services.common.proto.sdstack.v1 import common_pb2
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 

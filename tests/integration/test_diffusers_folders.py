@@ -20,7 +20,7 @@ from services.generator.tiny_model import TinyModelFiles
 from tests.integration.test_cli import sdstack
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 CHECKPOINT = common_pb2.MODEL_KIND_CHECKPOINT
 

@@ -12,7 +12,7 @@ import sqlalchemy
 
 from tests.stack_fixtures import ExtraProcess, RunningStack, start_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 ALICE, BOB, CAROL = "alice-key-0001", "bob-key-00002", "carol-key-0003"
 SMALL = {"prompt": "a stone bridge", "seed": 3, "width": 64, "height": 64, "steps": 2}

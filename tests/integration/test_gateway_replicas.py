@@ -22,7 +22,7 @@ from tests.stack_fixtures import (
     start_generator,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 SMALL = {"prompt": "a courtyard", "seed": 8, "width": 64, "height": 64, "steps": 3}
 LONG = {"prompt": "a courtyard", "seed": 9, "width": 192, "height": 192, "steps": 80}

@@ -22,7 +22,7 @@ from schemathesis.checks import (
 
 from tests.stack_fixtures import ExtraProcess, RunningStack, start_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 KEY = "fuzz-key-000001"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -21,7 +21,7 @@ from services.common.infotext import parse_infotext
 from services.generator.loras import make_kohya_lora
 from tests.stack_fixtures import RunningStack, server_sent_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 BASE = {"prompt": "a timber pavilion", "seed": 11, "width": 64, "height": 64, "steps": 3}
 

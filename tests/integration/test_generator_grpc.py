@@ -13,7 +13,7 @@ from services.common.errors import RemoteError
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 def _long_request(request_id: str) -> generator_pb2.GenerateRequest:

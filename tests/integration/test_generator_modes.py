@@ -31,7 +31,7 @@ from services.generator.upscalers import make_esrgan_file
 from services.generator.vaes import make_vae_file
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 SIZE = 64
 

@@ -22,7 +22,7 @@ from services.common.s3_server import LocalS3Server
 from tests.s3_fixtures import ACCESS_KEY, SECRET_KEY
 from tests.stack_fixtures import stack_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from services.common.infotext import parse_infotext
 from services.common.object_store import OUTPUTS_BUCKET
 from tests.stack_fixtures import RunningStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 SKELETON_REQUEST = {
     "prompt": "a cosy reading nook, warm light",

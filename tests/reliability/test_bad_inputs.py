@@ -32,7 +32,7 @@ from services.common.proto.sdstack.v1 import (
 from tests.reliability import payloads as p
 from tests.stack_fixtures import ExtraProcess, RunningStack, start_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 ALICE, BOB = "alice-key-reliability", "bob-key-reliability"
 MAX_BODY = 256 * 1024

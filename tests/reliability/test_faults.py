@@ -15,7 +15,7 @@ from services.common.errors import SdstackError
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from tests.stack_fixtures import RunningStack, start_generator
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]
 
 
 def _request(request_id: str, steps: int, n_iter: int = 1) -> generator_pb2.GenerateRequest:

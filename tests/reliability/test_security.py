@@ -140,7 +140,6 @@ def logged_services(
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_secrets_are_never_logged_nor_answered(
     logged_services: tuple[Settings, Path, Path],
 ) -> None:
