@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         16, ge=1, le=10_000, description="Jobs waiting before RESOURCE_EXHAUSTED."
     )
+    max_batch_images: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Images generated together, sharing each U-Net pass (step-level batching).",
+    )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width×height accepted.")
 
     trainer_runner: Literal["local", "kubernetes"] = Field(

@@ -1,5 +1,12 @@
-"""The generator's core: a bounded priority queue, one worker per device, the jobs' event
-streams, batching of identical requests, deadlines and cancellation.
+"""The generator's core: a bounded priority queue, the running jobs, the jobs' event streams,
+deadlines and cancellation.
+
+Jobs leave the queue by priority into the *running set*, where each runs in a thread of its
+own and shares every U-Net pass with the others (`step_batching`): a job joins between two
+denoising steps of the running ones, whatever its prompt, steps or mode. The running set
+holds jobs of one checkpoint with the same LoRAs, and at most `max_batch_images` images; a
+job that does not fit waits at the head of the queue until the set drains enough for it,
+and nothing behind it overtakes it.
 
 Transport-agnostic: the servicer translates its events to protobuf.
 """
@@ -13,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from PIL import Image
 from prometheus_client import Counter, Gauge, Histogram
@@ -29,8 +36,9 @@ from services.common.errors import (
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
 from services.common.sd.model_registry import ModelRegistry, StoredModel
-from services.generator.jobs import GenerationJob, Mode, Params
+from services.generator.jobs import GenerationJob, Params
 from services.generator.renderer import RenderedImage, Renderer
+from services.generator.step_batching import JobTurn, StepBatcher
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ SECONDS_PER_STEP = Histogram(
 )
 JOBS_FINISHED = Counter("sdstack_generator_jobs_total", "Jobs ended, by outcome.", ["outcome"])
 BATCHED_JOBS = Counter(
-    "sdstack_generator_batched_jobs_total", "Jobs that ran batched with identical ones."
+    "sdstack_generator_batched_jobs_total", "Jobs that shared U-Net passes with other jobs."
 )
 
 
@@ -124,28 +132,13 @@ class JobHandle:
         return None
 
 
-def batch_key(handle: JobHandle) -> tuple | None:
-    """Jobs with equal keys make the same pictures but for their seeds: run them as one batch."""
-    job, p = handle.job, handle.job.params
-    if job.mode is not Mode.TXT2IMG or job.hires or p.n_iter != 1 or job.preview_every:
-        return None
-    if p.subseed_strength:
-        return None
-    return (
-        handle.model.sha256,
-        p.prompt,
-        p.negative_prompt,
-        p.loras,
-        p.vae,
-        p.sampler,
-        p.schedule_type,
-        p.steps,
-        p.cfg_scale,
-        p.width,
-        p.height,
-        p.clip_skip,
-        p.eta,
-    )
+def running_key(handle: JobHandle) -> tuple:
+    """Jobs with equal keys can run together: the same checkpoint with the same LoRAs active.
+
+    Everything else (prompts, seeds, sizes, samplers, steps, modes) may differ between jobs
+    that share U-Net passes; LoRAs are switched on the shared pipeline, so they may not.
+    """
+    return (handle.model.sha256, handle.job.params.loras)
 
 
 class Engine:
@@ -156,32 +149,42 @@ class Engine:
         queue_size: int,
         *,
         default_timeout: float = 600.0,
+        max_batch_images: int = MAX_BATCH_IMAGES,
     ) -> None:
         self.registry = registry
         self.renderer = renderer
         self.queue_size = queue_size
         self.default_timeout = default_timeout
+        self.max_batch_images = max_batch_images
         self._waiting: list[tuple[int, int, JobHandle]] = []
         self._order = itertools.count()
         self._jobs: dict[str, JobHandle] = {}
+        self._running: dict[str, JobHandle] = {}
+        self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stopping = False
-        self._worker = threading.Thread(target=self._work, name="generator-worker", daemon=True)
+        self._batcher = StepBatcher()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="generator-dispatcher", daemon=True
+        )
         self._step_seconds = 1.0
 
     def start(self) -> None:
-        self._worker.start()
+        self._dispatcher.start()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Cancels the jobs left (after the server drained), then ends the worker."""
+        """Cancels the jobs left (after the server drained), then ends every thread."""
         with self._wake:
             self._stopping = True
             for handle in self._jobs.values():
                 handle.cancelled.set()
             self._wake.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout)
+            threads = [self._dispatcher, *self._threads]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def default_checkpoint(self, preferred: str) -> StoredModel:
         if preferred:
@@ -206,7 +209,7 @@ class Engine:
             self._jobs[job.request_id] = handle
             heapq.heappush(self._waiting, (-job.priority, next(self._order), handle))
             QUEUE_DEPTH.set(len(self._waiting))
-            self._wake.notify()
+            self._wake.notify_all()
         handle.publish(Queued(position=waiting, depth=waiting + 1))
         return handle
 
@@ -221,120 +224,98 @@ class Engine:
         handle.cancelled.set()
         return True
 
-    def _next_batch(self) -> list[JobHandle] | None:
-        """The next job and the identical ones waiting behind it (None when stopping)."""
+    def _dispatch(self) -> None:
+        """Moves jobs from the queue into the running set, each into a thread of its own."""
+        while (handle := self._next_admitted()) is not None:
+            thread = threading.Thread(
+                target=self._run_job, args=(handle,), name="generator-job", daemon=True
+            )
+            with self._wake:
+                self._threads.add(thread)
+            thread.start()
+
+    def _next_admitted(self) -> JobHandle | None:
+        """The head of the queue once the running set can take it (None when stopping)."""
         with self._wake:
-            while not self._waiting and not self._stopping:
+            while not self._stopping and not (self._waiting and self._fits(self._waiting[0][2])):
                 self._wake.wait()
             if self._stopping:
                 for _, _, handle in self._waiting:
                     handle.publish(Failed(Cancelled("the generator is shutting down")))
                 self._waiting.clear()
                 return None
-            _, _, first = heapq.heappop(self._waiting)
-            batch = [first]
-            key = batch_key(first)
-            if key is not None:
-                batch += self._take_matching(key, MAX_BATCH_IMAGES - first.job.params.batch_size)
+            _, _, handle = heapq.heappop(self._waiting)
+            self._running[handle.job.request_id] = handle
             QUEUE_DEPTH.set(len(self._waiting))
-            return batch
+            return handle
 
-    def _take_matching(self, key: tuple, room: int) -> list[JobHandle]:
-        taken, kept = [], []
-        for entry in sorted(self._waiting):
-            handle = entry[2]
-            size = handle.job.params.batch_size
-            if size <= room and batch_key(handle) == key:
-                taken.append(handle)
-                room -= size
-            else:
-                kept.append(entry)
-        if taken:
-            self._waiting[:] = kept
-            heapq.heapify(self._waiting)
-        return taken
+    def _fits(self, handle: JobHandle) -> bool:
+        running = list(self._running.values())
+        if not running:
+            return True
+        if running_key(running[0]) != running_key(handle):
+            return False
+        images = sum(h.job.params.batch_size for h in running)
+        return images + handle.job.params.batch_size <= self.max_batch_images
 
-    def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            token = set_request_id(batch[0].job.request_id)
-            try:
-                self._run(batch)
-            finally:
-                reset_request_id(token)
-                for handle in batch:
-                    self._forget_later(handle)
+    def _run_job(self, handle: JobHandle) -> None:
+        token = set_request_id(handle.job.request_id)
+        try:
+            if not self._stopped_early(handle):
+                self._run(handle)
+        finally:
+            reset_request_id(token)
+            with self._wake:
+                del self._running[handle.job.request_id]
+                self._threads.discard(threading.current_thread())
+                self._wake.notify_all()
+            self._forget_later(handle)
 
-    def _run(self, batch: list[JobHandle]) -> None:
-        live = [h for h in batch if not self._stopped_early(h)]
-        if not live:
-            return
-        if len(live) > 1:
-            BATCHED_JOBS.inc(len(live))
-        JOBS_RUNNING.inc(len(live))
+    def _run(self, handle: JobHandle) -> None:
+        JOBS_RUNNING.inc()
         started = time.perf_counter()
         try:
-            images = self._render(live)
+            with self._batcher.turn() as turn:
+                images = self._render(handle, turn)
+            if turn.shared_passes:
+                BATCHED_JOBS.inc()
         except SdstackError as error:
-            for handle in live:
-                self._fail(handle, handle.stop_reason() or error)
-        except Exception:  # a bug in a library or ours: the jobs fail, the worker lives on
+            self._fail(handle, handle.stop_reason() or error)
+        except Exception:  # a bug in a library or ours: the job fails, the generator lives on
             log.exception("generation failed")
-            for handle in live:
-                self._fail(handle, SdstackError("generation failed; see the generator log"))
+            self._fail(handle, SdstackError("generation failed; see the generator log"))
         else:
-            self._finish(live, images, time.perf_counter() - started)
+            self._finish(handle, images, time.perf_counter() - started)
         finally:
-            JOBS_RUNNING.dec(len(live))
+            JOBS_RUNNING.dec()
 
-    def _render(self, live: list[JobHandle]) -> list[RenderedImage]:
-        first = live[0]
-        job = first.job
-        if len(live) > 1:
-            seeds = tuple(s for h in live for s in h.job.params.seeds())
-            params = replace(job.params, batch_size=len(seeds), explicit_seeds=seeds)
-            job = replace(job, params=params)
+    def _render(self, handle: JobHandle, turn: JobTurn) -> list[RenderedImage]:
         last = time.perf_counter()
         preview: list[bytes] = [b""]
 
         def on_step(done: int, total: int) -> None:
             nonlocal last
             now = time.perf_counter()
-            SECONDS_PER_STEP.labels(first.model.name).observe(now - last)
+            SECONDS_PER_STEP.labels(handle.model.name).observe(now - last)
             self._step_seconds, last = now - last, now
-            event = Progress(done, total, (total - done) * self._step_seconds, preview[0])
+            reason = handle.stop_reason()
+            if reason is not None:
+                raise reason
+            handle.publish(Progress(done, total, (total - done) * self._step_seconds, preview[0]))
             preview[0] = b""
-            for handle in live:
-                if handle.done.is_set():
-                    continue
-                reason = handle.stop_reason()
-                if reason is None:
-                    handle.publish(event)
-                elif len(live) > 1:
-                    self._fail(handle, reason)
-            if all(h.done.is_set() or h.stop_reason() for h in live):
-                raise live[0].stop_reason() or Cancelled("every job of the batch was cancelled")
 
         def on_preview(image: Image.Image) -> None:
             out = io.BytesIO()
             image.convert("RGB").save(out, format="JPEG", quality=70)
             preview[0] = out.getvalue()
 
-        return self.renderer.render(job, first.model, on_step, on_preview)
+        return self.renderer.render(handle.job, handle.model, on_step, on_preview, turn.run_unet)
 
-    def _finish(self, live: list[JobHandle], images: list[RenderedImage], elapsed: float) -> None:
-        offset = 0
-        for handle in live:
-            count = handle.job.params.image_count
-            own = [
-                replace(image, index=i) for i, image in enumerate(images[offset : offset + count])
-            ]
-            offset += count
-            if handle.done.is_set():
-                continue
-            JOBS_FINISHED.labels("ok").inc()
-            IMAGES_GENERATED.labels(handle.model.name).inc(len(own))
-            handle.publish(Finished(own, elapsed, handle.model, handle.job.params))
-        log.info("made %d images in %.2fs (%d jobs)", len(images), elapsed, len(live))
+    def _finish(self, handle: JobHandle, images: list[RenderedImage], elapsed: float) -> None:
+        JOBS_FINISHED.labels("ok").inc()
+        IMAGES_GENERATED.labels(handle.model.name).inc(len(images))
+        handle.publish(Finished(images, elapsed, handle.model, handle.job.params))
+        log.info("made %d images in %.2fs", len(images), elapsed)
 
     def _stopped_early(self, handle: JobHandle) -> bool:
         reason = handle.stop_reason()

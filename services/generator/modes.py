@@ -45,6 +45,7 @@ from PIL import Image, ImageOps
 
 from services.common.errors import InvalidArgument
 from services.generator.prompts import ComposedPrompt, EmbedSchedule
+from services.generator.step_batching import UnetRunner, run_unet_alone
 
 LATENT_FACTOR = 8
 MAX_SIDE = 8192
@@ -104,6 +105,8 @@ class Sampling:
     `on_step(step, total)` is called after every step (step from 1) and may raise to cancel.
     `on_latents` gets the batch's latents after every step, before `on_step`: the sampler's
     denoised estimate when it gives one (what A1111 previews), else the current latents.
+    `run_unet` runs each U-Net pass: at once by default, or shared with other jobs' passes
+    (`step_batching`).
     """
 
     prompt_embeds: torch.Tensor | EmbedSchedule | ComposedPrompt
@@ -117,6 +120,7 @@ class Sampling:
     eta: float | None = None
     on_step: Callable[[int, int], None] = _no_progress
     on_latents: Callable[[torch.Tensor], None] | None = None
+    run_unet: UnetRunner = run_unet_alone
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -257,7 +261,7 @@ def _denoise(
     cond = _conditioning(pipe, s, start, shape)
     step_kwargs = _step_kwargs(scheduler, s, shape)
     for i, t in enumerate(timesteps):
-        prediction = _predict(pipe, scheduler, latents, t, cond.embeds.at(i + 1), cond)
+        prediction = _predict(pipe, s, scheduler, latents, t, cond.embeds.at(i + 1), cond)
         output = scheduler.step(prediction, t, latents, **step_kwargs)
         latents = output.prev_sample
         if start.keep is not None:
@@ -364,6 +368,7 @@ def _step_kwargs(
 
 def _predict(
     pipe: StableDiffusionPipeline,
+    s: Sampling,
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
     t: torch.Tensor,
@@ -376,7 +381,7 @@ def _predict(
     model_input = scheduler.scale_model_input(model_input, t)
     if cond.unet_extra is not None:
         model_input = torch.cat([model_input, cond.unet_extra], dim=1)
-    prediction = pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    prediction = s.run_unet(pipe.unet, model_input, t, embeds)
     if not cond.guided:
         return prediction
     unconditional, *texts = prediction.chunk(cond.copies)

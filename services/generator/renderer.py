@@ -25,6 +25,7 @@ from services.generator.loras import LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
+from services.generator.step_batching import UnetRunner, run_unet_alone
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import load_vae
 
@@ -75,6 +76,7 @@ class Renderer:
         model: StoredModel,
         on_step: StepCallback,
         on_preview: PreviewCallback | None = None,
+        run_unet: UnetRunner = run_unet_alone,
     ) -> list[RenderedImage]:
         resolved = self._resolve(job.params)
         base = self.cache.pipeline(model)
@@ -82,7 +84,7 @@ class Renderer:
         pipe = self._with_vae(base, resolved.vae)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
-        whole_job = self._sampling(pipe, job, counter, on_preview)
+        whole_job = replace(self._sampling(pipe, job, counter, on_preview), run_unet=run_unet)
         for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
             sampling = _batch(whole_job, job, batch)
             for image, seed, subseed in zip(

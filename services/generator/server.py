@@ -69,6 +69,7 @@ def build(settings: Settings) -> GrpcServer:
         renderer,
         settings.queue_size,
         default_timeout=settings.request_timeout_seconds,
+        max_batch_images=settings.max_batch_images,
     )
     servicer = GeneratorServicer(
         engine,

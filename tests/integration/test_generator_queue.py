@@ -1,4 +1,5 @@
-"""A generator with a queue of one: beyond it, clients are told to come back later."""
+"""A generator running one job at a time with a queue of one: beyond it, clients are told to
+come back later."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def small_queue_generator(
         s3_access_key=ACCESS_KEY,
         s3_secret_key=SECRET_KEY,
         queue_size=1,
+        max_batch_images=1,
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "services.generator.server"],

@@ -1,9 +1,11 @@
-"""The generator engine on the real tiny pipeline: bounded queue, priorities, cancel."""
+"""The generator engine on the real tiny pipeline: bounded queue, priorities, cancel, and
+step-level continuous batching of the jobs running together."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,23 +70,49 @@ def models(tiny_pipe: StableDiffusionPipeline) -> GatedModels:
     return GatedModels(tiny_pipe)
 
 
+def _started(models: GatedModels, queue_size: int, max_batch_images: int) -> Engine:
+    renderer = Renderer(registry=None, cache=models)  # type: ignore[arg-type]
+    engine = Engine(
+        registry=None,  # type: ignore[arg-type]
+        renderer=renderer,
+        queue_size=queue_size,
+        max_batch_images=max_batch_images,
+    )
+    engine.start()
+    return engine
+
+
 @pytest.fixture
 def engine(models: GatedModels) -> Iterator[Engine]:
-    renderer = Renderer(registry=None, cache=models)  # type: ignore[arg-type]
-    engine = Engine(registry=None, renderer=renderer, queue_size=1)  # type: ignore[arg-type]
-    engine.start()
+    """One job at a time: the queue's own behaviour."""
+    engine = _started(models, queue_size=1, max_batch_images=1)
+    yield engine
+    models.gate.set()
+    engine.stop()
+
+
+@pytest.fixture
+def batching_engine(models: GatedModels) -> Iterator[Engine]:
+    """Up to 8 images running together, sharing U-Net passes."""
+    engine = _started(models, queue_size=8, max_batch_images=8)
     yield engine
     models.gate.set()
     engine.stop()
 
 
 def _job(
-    request_id: str, priority: int = 0, steps: int = 2, seed: int = 1, **options: object
+    request_id: str,
+    priority: int = 0,
+    steps: int = 2,
+    seed: int = 1,
+    params: dict | None = None,
+    **options: object,
 ) -> GenerationJob:
+    settings = {"prompt": "x", "seed": seed, "width": 64, "height": 64, "steps": steps}
     request = generator_pb2.GenerateRequest(
         request_id=request_id,
         priority=priority,
-        params=common_pb2.GenerationParams(prompt="x", seed=seed, width=64, height=64, steps=steps),
+        params=common_pb2.GenerationParams(**(settings | (params or {}))),
         **options,
     )
     return job_from_request(request, 1 << 20)
@@ -173,23 +201,81 @@ def _pixels(image_png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image_png)).convert("RGB")).astype(int)
 
 
-def test_identical_requests_run_as_one_batch(engine: Engine, models: GatedModels) -> None:
-    engine.queue_size = 8
-    blocker = engine.submit(_job("blocker", seed=100), MODEL)
-    assert models.asked.wait(10)
-    followers = [engine.submit(_job(f"same-{i}", seed=10 + i), MODEL) for i in range(3)]
-    before = REGISTRY.get_sample_value("sdstack_generator_batched_jobs_total") or 0
+MIXED = [
+    {"prompt": "a red fox", "steps": 3, "sampler": "Euler a", "cfg_scale": 7},
+    {"prompt": "a lighthouse at dusk", "steps": 5, "sampler": "DPM++ 2M", "cfg_scale": 1},
+    {"prompt": "(a cat:1.4)", "steps": 4, "sampler": "Euler", "cfg_scale": 4, "seed": 9},
+    {"prompt": "a boat AND a storm", "steps": 6, "sampler": "DDIM", "width": 96},
+]
+"""Jobs that differ in everything but their checkpoint: prompts, steps, samplers, CFG (1 runs
+no negative pass), seeds, sizes and AND composition."""
+
+
+def _batched_jobs() -> float:
+    return REGISTRY.get_sample_value("sdstack_generator_batched_jobs_total") or 0
+
+
+def test_concurrent_jobs_share_unet_passes_and_make_the_images_they_make_alone(
+    batching_engine: Engine, models: GatedModels
+) -> None:
+    before = _batched_jobs()
+    handles = [
+        batching_engine.submit(_job(f"mixed-{i}", params=p), MODEL) for i, p in enumerate(MIXED)
+    ]
     models.gate.set()
-    assert isinstance(_outcome(blocker), Finished)
-    outcomes = [_outcome(h) for h in followers]
-    assert REGISTRY.get_sample_value("sdstack_generator_batched_jobs_total") == before + 3
-    for i, outcome in enumerate(outcomes):
-        assert isinstance(outcome, Finished)
-        assert [(image.seed, image.index) for image in outcome.images] == [(10 + i, 0)]
-    alone = _outcome(engine.submit(_job("alone", seed=11), MODEL))
-    assert isinstance(alone, Finished)
-    difference = np.abs(_pixels(alone.images[0].png) - _pixels(outcomes[1].images[0].png))
-    assert difference.max() <= 1
+    together = [_outcome(h) for h in handles]
+    assert all(isinstance(outcome, Finished) for outcome in together)
+    assert _batched_jobs() >= before + 3, "the jobs ran one after another"
+    for i, params in enumerate(MIXED):
+        alone = _outcome(batching_engine.submit(_job(f"alone-{i}", params=params), MODEL))
+        assert isinstance(alone, Finished)
+        shared = together[i].images[0]  # type: ignore[union-attr]
+        assert shared.infotext == alone.images[0].infotext
+        difference = np.abs(_pixels(alone.images[0].png) - _pixels(shared.png))
+        assert difference.max() <= 2, f"job {i} differs from its image alone"
+
+
+def test_a_job_joins_a_running_one_between_steps_and_leaves_before_it(
+    batching_engine: Engine, models: GatedModels
+) -> None:
+    models.gate.set()
+    long = batching_engine.submit(_job("long", steps=40), MODEL)
+    finished: list[str] = []
+    events = long.stream()
+    next(e for e in events if isinstance(e, Progress) and e.step >= 2)
+    short = batching_engine.submit(_job("short", steps=3, seed=7), MODEL)
+    before = _batched_jobs()
+    assert isinstance(_outcome(short), Finished)
+    finished.append("short")
+    steps_left = [e.step for e in events if isinstance(e, Progress)]
+    finished.append("long")
+    assert steps_left and steps_left[-1] == 40, "the long job went on to its last step"
+    assert steps_left[0] < 40 - 3, "the short job waited for the long one to end"
+    assert _batched_jobs() >= before + 1, "the short job ran no step with the long one"
+    assert finished == ["short", "long"]
+
+
+def test_a_job_on_another_checkpoint_waits_and_nothing_overtakes_it(
+    batching_engine: Engine, models: GatedModels
+) -> None:
+    other_model = replace(MODEL, name="other", sha256="cd" * 32)
+    started: list[str] = []
+
+    def follow(handle: JobHandle) -> None:
+        for event in handle.stream():
+            if isinstance(event, Progress) and event.step == 1:
+                started.append(handle.job.request_id)
+
+    first = batching_engine.submit(_job("first", steps=6), MODEL)
+    other = batching_engine.submit(_job("other", steps=2), other_model)
+    same = batching_engine.submit(_job("same-as-first", steps=2), MODEL)
+    threads = [threading.Thread(target=follow, args=(h,)) for h in (first, other, same)]
+    for thread in threads:
+        thread.start()
+    models.gate.set()
+    for thread in threads:
+        thread.join(60)
+    assert started == ["first", "other", "same-as-first"]
 
 
 def test_a_job_past_its_deadline_fails_cleanly(engine: Engine, models: GatedModels) -> None:

@@ -1,0 +1,182 @@
+"""Step-level continuous batching: the jobs running together share every U-Net pass.
+
+Each running job has a thread of its own, but only one of them computes at a time: the one
+holding the *turn*. A job gives its turn up when it needs a U-Net pass (it *parks* the pass's
+input) and when it ends. When no job holds or waits for the turn, the parked passes run as
+one U-Net batch per compatible group (the same U-Net, latent shape and prompt length), each
+row with its own timestep, and every parked job gets its slice of the output back and waits
+for its turn to go on.
+
+So a job that arrives takes a turn between two passes (encoding its prompt, drawing its
+noise) and joins the next one; a job that ends stops parking and the others go on without
+it. Jobs with different prompts, seeds, CFG scales, samplers, step counts and modes share
+passes, as LLM servers share a batch between tokens. A lone job never waits for company:
+its pass runs as soon as it parks, as it would alone. The rows of a batched pass do not
+interact (the U-Net normalises per image), so each job's images equal its images alone
+within floating-point tolerance.
+
+Everything a job does outside the U-Net (text encoding, scheduler steps, VAE, PNG) happens
+while it holds the turn, so no two jobs ever touch the shared pipeline at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+UnetRunner = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(unet, latent input, timestep, prompt embeddings) → the U-Net's output for those rows."""
+
+
+def run_unet_alone(
+    unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
+) -> torch.Tensor:
+    """One U-Net pass for one job, as diffusers' pipelines call it."""
+    return unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+
+
+@dataclass(eq=False)
+class _Pass:
+    """One job's U-Net input, parked until its batch runs."""
+
+    owner: int
+    unet: nn.Module
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    embeds: torch.Tensor
+    output: torch.Tensor | None = None
+    error: Exception | None = None
+    done: bool = False
+    shared: bool = False
+
+    @property
+    def group(self) -> tuple:
+        """Passes with equal groups can run as one U-Net batch."""
+        s, e = self.sample, self.embeds
+        return (id(self.unet), tuple(s.shape[1:]), tuple(e.shape[1:]), s.dtype, s.device)
+
+
+class JobTurn:
+    """A running job's handle on the batcher: its U-Net runner and what it shared."""
+
+    def __init__(self, batcher: StepBatcher) -> None:
+        self._batcher = batcher
+        self.shared_passes = 0
+        """U-Net passes of this job that ran batched with other jobs' passes."""
+
+    def run_unet(
+        self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """Parks this pass, lets the other jobs go on, and returns once its batch has run."""
+        parked = self._batcher.park(unet, sample, timestep, embeds)
+        self.shared_passes += parked.shared
+        assert parked.output is not None
+        return parked.output
+
+
+class StepBatcher:
+    """Takes turns between the running jobs' threads and runs their parked U-Net passes."""
+
+    _BATCH_RUNNING = -1
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._holder: int | None = None
+        self._queue: deque[int] = deque()
+        self._parked: list[_Pass] = []
+        self.batches_run = 0
+        """U-Net batches run, each holding one or more jobs' passes."""
+
+    @contextmanager
+    def turn(self) -> Iterator[JobTurn]:
+        """For a job's whole run, in its own thread: computes only while it holds the turn."""
+        self._take_turn(queued=False)
+        try:
+            yield JobTurn(self)
+        finally:
+            self._give_turn()
+
+    def park(
+        self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
+    ) -> _Pass:
+        me = threading.get_ident()
+        parked = _Pass(me, unet, sample, timestep, embeds)
+        with self._changed:
+            assert self._holder == me, "a U-Net pass parked by a thread without the turn"
+            self._parked.append(parked)
+        self._give_turn()
+        self._take_turn(queued=True)
+        if parked.error is not None:
+            raise parked.error
+        return parked
+
+    def _take_turn(self, *, queued: bool) -> None:
+        """Waits for this thread's turn; `queued` when the batch that ran its pass queued it."""
+        me = threading.get_ident()
+        with self._changed:
+            if not queued:
+                self._queue.append(me)
+            while self._holder is not None or not self._queue or self._queue[0] != me:
+                self._changed.wait()
+            self._queue.popleft()
+            self._holder = me
+
+    def _give_turn(self) -> None:
+        """Hands the turn on; when no job wants it, runs the parked passes first."""
+        with self._changed:
+            self._holder = None
+            if self._queue or not self._parked:
+                self._changed.notify_all()
+                return
+            batch, self._parked = self._parked, []
+            self._holder = self._BATCH_RUNNING
+        try:
+            _run_batch(batch)
+        finally:
+            with self._changed:
+                self.batches_run += 1
+                self._queue.extend(parked.owner for parked in batch)
+                self._holder = None
+                self._changed.notify_all()
+
+
+def _run_batch(batch: list[_Pass]) -> None:
+    """Runs each compatible group of passes as one U-Net call and hands the rows back."""
+    groups: dict[tuple, list[_Pass]] = {}
+    for parked in batch:
+        groups.setdefault(parked.group, []).append(parked)
+    for group in groups.values():
+        try:
+            _run_group(group)
+        except Exception as error:  # each job of the group fails with it; the others go on
+            for parked in group:
+                parked.error = error
+        for parked in group:
+            parked.done = True
+
+
+def _run_group(group: list[_Pass]) -> None:
+    if len(group) == 1:
+        only = group[0]
+        only.output = run_unet_alone(only.unet, only.sample, only.timestep, only.embeds)
+        return
+    rows = [parked.sample.shape[0] for parked in group]
+    timesteps = [
+        parked.timestep.to(torch.float32).reshape(-1).expand(count)
+        for parked, count in zip(group, rows, strict=True)
+    ]
+    output = run_unet_alone(
+        group[0].unet,
+        torch.cat([parked.sample for parked in group]),
+        torch.cat(timesteps),
+        torch.cat([parked.embeds for parked in group]),
+    )
+    for parked, part in zip(group, output.split(rows), strict=True):
+        parked.output = part
+        parked.shared = True
