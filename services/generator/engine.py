@@ -3,8 +3,9 @@ deadlines and cancellation.
 
 Jobs leave the queue by priority into the *running set*, where each runs in a thread of its
 own and shares every U-Net pass with the others (`step_batching`): a job joins between two
-denoising steps of the running ones, whatever its prompt, steps or mode. The running set
-holds jobs of one checkpoint with the same LoRAs, and at most `max_batch_images` images; a
+denoising steps of the running ones, whatever its prompt, steps, mode or LoRAs. The running
+set holds jobs of one checkpoint, at most `max_batch_images` images and `MAX_LOADED_LORAS`
+distinct LoRAs; a
 job that does not fit waits at the head of the queue until the set drains enough for it,
 and nothing behind it overtakes it.
 
@@ -37,6 +38,7 @@ from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
 from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.jobs import GenerationJob, Params
+from services.generator.loras import MAX_LOADED_LORAS
 from services.generator.renderer import RenderedImage, Renderer
 from services.generator.step_batching import JobTurn, StepBatcher
 
@@ -130,15 +132,6 @@ class JobHandle:
         if time.monotonic() > self.deadline:
             return DeadlineExceeded(f"job {self.job.request_id} ran past its deadline")
         return None
-
-
-def running_key(handle: JobHandle) -> tuple:
-    """Jobs with equal keys can run together: the same checkpoint with the same LoRAs active.
-
-    Everything else (prompts, seeds, sizes, samplers, steps, modes) may differ between jobs
-    that share U-Net passes; LoRAs are switched on the shared pipeline, so they may not.
-    """
-    return (handle.model.sha256, handle.job.params.loras)
 
 
 class Engine:
@@ -250,13 +243,20 @@ class Engine:
             return handle
 
     def _fits(self, handle: JobHandle) -> bool:
+        """Whether the running set can take `handle`: the same checkpoint (everything else,
+        LoRAs included, may differ), room for its images, and room for its LoRAs among the
+        adapters loaded at once."""
         running = list(self._running.values())
         if not running:
             return True
-        if running_key(running[0]) != running_key(handle):
+        if running[0].model.sha256 != handle.model.sha256:
             return False
         images = sum(h.job.params.batch_size for h in running)
-        return images + handle.job.params.batch_size <= self.max_batch_images
+        loras = {use.name for h in [*running, handle] for use in h.job.params.loras}
+        return (
+            images + handle.job.params.batch_size <= self.max_batch_images
+            and len(loras) <= MAX_LOADED_LORAS
+        )
 
     def _run_job(self, handle: JobHandle) -> None:
         token = set_request_id(handle.job.request_id)
@@ -309,7 +309,7 @@ class Engine:
             image.convert("RGB").save(out, format="JPEG", quality=70)
             preview[0] = out.getvalue()
 
-        return self.renderer.render(handle.job, handle.model, on_step, on_preview, turn.run_unet)
+        return self.renderer.render(handle.job, handle.model, on_step, on_preview, turn)
 
     def _finish(self, handle: JobHandle, images: list[RenderedImage], elapsed: float) -> None:
         JOBS_FINISHED.labels("ok").inc()

@@ -18,13 +18,14 @@ import math
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from peft.tuners.lora import LoraLayer as PeftLoraLayer
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
@@ -73,6 +74,7 @@ TEXT_MODEL = "text_model."
 UNET_TARGETS = re.compile(r".*transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)")
 TEXT_TARGETS = re.compile(r".*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)")
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_LOADED_LORAS = 8
 
 
 def _invalid(rule: str) -> InvalidArgument:
@@ -328,20 +330,26 @@ def _quiet_adapters() -> Iterator[None]:
         report_logger.setLevel(level)
 
 
+UnetMix = tuple[tuple[str, float], ...]
+"""The LoRAs one job applies to the U-Net: (adapter key, weight), in the job's order."""
+
+
 class LoraAdapters:
     """The LoRAs loaded into one pipeline as named peft adapters, least recently used evicted.
 
-    Not thread-safe: the caller holds the pipeline's lock across `apply` and the generation
-    that follows. With no LoRA requested the adapters are disabled, which makes every adapted
-    layer compute exactly its base layer: the base image comes back bit for bit.
+    Not thread-safe: one thread at a time calls it (the generator's jobs take turns). With no
+    LoRA requested the adapters are disabled, which makes every adapted layer compute exactly
+    its base layer: the base image comes back bit for bit.
     """
 
-    def __init__(self, pipe: StableDiffusionPipeline, max_adapters: int = 8) -> None:
+    def __init__(self, pipe: StableDiffusionPipeline, max_adapters: int = MAX_LOADED_LORAS) -> None:
         if max_adapters < 1:
             raise ValueError("max_adapters must be at least 1")
         self._pipe = pipe
         self._max = max_adapters
         self._loaded: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._active: tuple[LoraRequest, ...] | None = ()
+        """What the pipeline computes now; None when unknown (after a failure or a mix)."""
 
     @property
     def pipe(self) -> StableDiffusionPipeline:
@@ -363,10 +371,17 @@ class LoraAdapters:
         wanted = _merge(requests)
         if len(wanted) > self._max:
             raise _invalid(f"at most {self._max} different LoRAs per request, got {len(wanted)}")
+        for key in wanted:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+        state = tuple(wanted.values())
+        if state == self._active:
+            return
         new = [request for key, request in wanted.items() if key not in self._loaded]
         for request in new:
             check_lora_fits(inspect_lora(request.path), request.path, self._pipe)
         self._evict(keep=set(wanted), room=len(new))
+        self._active = None
         try:
             for request in new:
                 self._load(request)
@@ -376,6 +391,41 @@ class LoraAdapters:
         for key in wanted:
             self._loaded.move_to_end(key)
         self._activate(list(wanted.values()))
+        self._active = state
+
+    def unet_mix(self, requests: Sequence[LoraRequest]) -> UnetMix:
+        """The U-Net part of `requests` once applied: adapters with U-Net layers, weighted."""
+        return tuple(
+            (key, request.unet_weight)
+            for key, request in _merge(requests).items()
+            if UNET in self._loaded.get(key, ())
+        )
+
+    def mixable(self, mixes: Iterable[UnetMix]) -> bool:
+        """Whether `per_row` can run these mixes: plain LoRAs only, no peft variant (DoRA)."""
+        keys = {key for mix in mixes for key, _ in mix}
+        layers = [m for m in self._pipe.unet.modules() if isinstance(m, PeftLoraLayer)]
+        return not any(key in layer.lora_variant for layer in layers for key in keys)
+
+    @contextmanager
+    def per_row(self, rows: Sequence[tuple[UnetMix, slice]]) -> Iterator[None]:
+        """U-Net calls inside apply to each range of batch rows its own weighted LoRAs.
+
+        The rows of several jobs share one pass of the base layers; each adapted layer then
+        adds every job's own LoRA updates to that job's rows: peft's mixed-batch inference
+        (`adapter_names`), extended to weighted sums of adapters. Each job's LoRAs must
+        already be loaded (`apply`) and `mixable`.
+        """
+        unet = self._pipe.unet
+        layers = [module for module in unet.modules() if isinstance(module, PeftLoraLayer)]
+        self._active = None
+        unet.disable_lora()
+        hooks = [layer.register_forward_hook(_row_updates(rows)) for layer in layers]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def clear(self) -> None:
         """Delete every adapter this object loaded; the pipeline computes its base output."""
@@ -383,6 +433,7 @@ class LoraAdapters:
             with _quiet_adapters():
                 self._pipe.delete_adapters(list(self._loaded))
             self._loaded.clear()
+        self._active = None
 
     def _evict(self, keep: set[str], room: int) -> None:
         victims = [key for key in self._loaded if key not in keep]
@@ -434,6 +485,48 @@ class LoraAdapters:
         parts = self._loaded[request.key]
         by_part = {UNET: request.unet_weight, TEXT_ENCODER: request.te_weight}
         return {part: weight for part, weight in by_part.items() if part in parts}
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """One job's LoRAs on its pipeline: what the generator's step batching needs to run the
+    job's U-Net passes alone (`activate`) or mixed with other jobs' rows (`unet_mix`)."""
+
+    adapters: LoraAdapters
+    requests: tuple[LoraRequest, ...]
+
+    def activate(self) -> None:
+        self.adapters.apply(self.requests)
+
+    @property
+    def unet_mix(self) -> UnetMix:
+        return self.adapters.unet_mix(self.requests)
+
+
+def _row_updates(rows: Sequence[tuple[UnetMix, slice]]):
+    """A forward hook for one adapted layer (adapters disabled, so its output is the base
+    layer's): adds each row range's weighted LoRA updates, as peft's forward adds them."""
+
+    def hook(layer: PeftLoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        for mix, span in rows:
+            terms = [(key, weight) for key, weight in mix if key in layer.lora_A]
+            if not terms:
+                continue
+            part, sub = output[span], x[span]
+            for key, weight in terms:
+                update = layer.lora_B[key](layer.lora_A[key](layer.lora_dropout[key](sub)))
+                part = part + update * (weight * _base_scale(layer, key))
+            output[span] = part
+        return output
+
+    return hook
+
+
+def _base_scale(layer: PeftLoraLayer, key: str) -> float:
+    """The adapter's scale at weight 1, as peft's `set_scale` computes it."""
+    rank = math.sqrt(layer.r[key]) if layer.use_rslora.get(key, False) else layer.r[key]
+    return layer.lora_alpha[key] / rank
 
 
 def _merge(requests: Sequence[LoraRequest]) -> dict[str, LoraRequest]:

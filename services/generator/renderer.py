@@ -21,11 +21,11 @@ from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator import modes
 from services.generator.jobs import GenerationJob, InpaintSpec, Mode, Params
-from services.generator.loras import LoraRequest
+from services.generator.loras import LoraPlan, LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
-from services.generator.step_batching import UnetRunner, run_unet_alone
+from services.generator.step_batching import JobTurn
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import load_vae
 
@@ -76,19 +76,24 @@ class Renderer:
         model: StoredModel,
         on_step: StepCallback,
         on_preview: PreviewCallback | None = None,
-        run_unet: UnetRunner = run_unet_alone,
+        turn: JobTurn | None = None,
     ) -> list[RenderedImage]:
+        """The job's images. With a `turn`, its U-Net passes are shared with other jobs'."""
         resolved = self._resolve(job.params)
         base = self.cache.pipeline(model)
-        self._apply_loras(model, resolved)
+        loras = self._lora_plan(model, resolved)
+        loras.activate()
         pipe = self._with_vae(base, resolved.vae)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
-        whole_job = replace(self._sampling(pipe, job, counter, on_preview), run_unet=run_unet)
+        whole_job = self._sampling(pipe, job, counter, on_preview)
+        if turn is not None:
+            turn.loras = loras
+            whole_job = replace(whole_job, run_unet=turn.run_unet)
         for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
             sampling = _batch(whole_job, job, batch)
             for image, seed, subseed in zip(
-                self._run_mode(pipe, job, sampling),
+                self._run_mode(pipe, job, sampling, loras),
                 sampling.seeds,
                 sampling.subseeds or sampling.seeds,
                 strict=False,
@@ -126,14 +131,14 @@ class Renderer:
                 raise InvalidArgument("params.vae", f"unknown VAE {params.vae!r}") from None
         return _Resolved(loras, vae)
 
-    def _apply_loras(self, model: StoredModel, resolved: _Resolved) -> None:
-        """Activates exactly the job's LoRAs (none: the base model, exactly)."""
-        self.cache.adapters(model).apply(
-            [
-                LoraRequest(lora.sha256, self.cache.local_file(lora), unet, te)
-                for lora, unet, te in resolved.loras
-            ]
+    def _lora_plan(self, model: StoredModel, resolved: _Resolved) -> LoraPlan:
+        """The job's LoRAs on the checkpoint's pipeline; activating it makes exactly them
+        active (none: the base model, exactly)."""
+        requests = tuple(
+            LoraRequest(lora.sha256, self.cache.local_file(lora), unet, te)
+            for lora, unet, te in resolved.loras
         )
+        return LoraPlan(self.cache.adapters(model), requests)
 
     def _with_vae(
         self, pipe: StableDiffusionPipeline, vae_model: StoredModel | None
@@ -179,13 +184,13 @@ class Renderer:
         )
 
     def _run_mode(
-        self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling
+        self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling, loras: LoraPlan
     ) -> list[Image.Image]:
         p = job.params
         if job.mode is Mode.TXT2IMG and job.hires is None:
             return modes.txt2img(pipe, s, p.width, p.height)
         if job.mode is Mode.TXT2IMG and job.hires is not None:
-            return self._hires(pipe, job, s)
+            return self._hires(pipe, job, s, loras)
         if job.mode is Mode.IMG2IMG and job.img2img is not None:
             spec = job.img2img
             return modes.img2img(
@@ -221,7 +226,11 @@ class Renderer:
         raise InvalidArgument("mode", "the options of this mode are missing")
 
     def _hires(
-        self, pipe: StableDiffusionPipeline, job: GenerationJob, first: modes.Sampling
+        self,
+        pipe: StableDiffusionPipeline,
+        job: GenerationJob,
+        first: modes.Sampling,
+        loras: LoraPlan,
     ) -> list[Image.Image]:
         hires, p = job.hires, job.params
         assert hires is not None
@@ -232,6 +241,7 @@ class Renderer:
         )
         prompts_differ = (hires.prompt, hires.negative_prompt) != (p.prompt, p.negative_prompt)
         if prompts_differ or (second.steps != first.steps and _is_edited(first)):
+            loras.activate()  # other jobs' passes may have switched the text encoder's LoRAs
             cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_schedule(
                 hires.prompt, hires.negative_prompt, second.steps, p.clip_skip
             )

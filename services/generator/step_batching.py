@@ -15,8 +15,11 @@ its pass runs as soon as it parks, as it would alone. The rows of a batched pass
 interact (the U-Net normalises per image), so each job's images equal its images alone
 within floating-point tolerance.
 
-Everything a job does outside the U-Net (text encoding, scheduler steps, VAE, PNG) happens
-while it holds the turn, so no two jobs ever touch the shared pipeline at once.
+Jobs with different LoRAs share passes too: each job's rows get its own weighted LoRAs
+(`LoraAdapters.per_row`); a job activates its own LoRAs again before it uses its text
+encoder. Everything a job does outside the U-Net (text encoding, scheduler
+steps, VAE, PNG) happens while it holds the turn, so no two jobs ever touch the shared
+pipeline at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from services.generator.loras import LoraPlan
 
 UnetRunner = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(unet, latent input, timestep, prompt embeddings) → the U-Net's output for those rows."""
@@ -50,6 +55,7 @@ class _Pass:
     sample: torch.Tensor
     timestep: torch.Tensor
     embeds: torch.Tensor
+    loras: LoraPlan | None
     output: torch.Tensor | None = None
     error: Exception | None = None
     done: bool = False
@@ -69,12 +75,16 @@ class JobTurn:
         self._batcher = batcher
         self.shared_passes = 0
         """U-Net passes of this job that ran batched with other jobs' passes."""
+        self.loras: LoraPlan | None = None
+        """The job's LoRAs, once its pipeline is known: each of its passes runs with them."""
 
     def run_unet(
         self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
     ) -> torch.Tensor:
         """Parks this pass, lets the other jobs go on, and returns once its batch has run."""
-        parked = self._batcher.park(unet, sample, timestep, embeds)
+        parked = self._batcher.park(
+            _Pass(threading.get_ident(), unet, sample, timestep, embeds, self.loras)
+        )
         self.shared_passes += parked.shared
         assert parked.output is not None
         return parked.output
@@ -102,13 +112,10 @@ class StepBatcher:
         finally:
             self._give_turn()
 
-    def park(
-        self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
-    ) -> _Pass:
-        me = threading.get_ident()
-        parked = _Pass(me, unet, sample, timestep, embeds)
+    def park(self, parked: _Pass) -> _Pass:
+        """Gives the turn up until `parked` has run and the turn comes back."""
         with self._changed:
-            assert self._holder == me, "a U-Net pass parked by a thread without the turn"
+            assert self._holder == parked.owner, "a U-Net pass parked by a thread without the turn"
             self._parked.append(parked)
         self._give_turn()
         self._take_turn(queued=True)
@@ -162,6 +169,37 @@ def _run_batch(batch: list[_Pass]) -> None:
 
 
 def _run_group(group: list[_Pass]) -> None:
+    """One U-Net call for the group: its LoRAs activated when every job uses the same ones,
+    mixed per row when they differ (or one call per LoRA mix where they cannot be mixed)."""
+    mixes = {_mix(parked) for parked in group}
+    if len(mixes) == 1:
+        if group[0].loras is not None:
+            group[0].loras.activate()
+        _run_together(group)
+        return
+    adapters = next(parked.loras.adapters for parked in group if parked.loras is not None)
+    if not adapters.mixable(mixes):
+        for mix in mixes:
+            _run_group([parked for parked in group if _mix(parked) == mix])
+        return
+    with adapters.per_row(_row_spans(group)):
+        _run_together(group)
+
+
+def _mix(parked: _Pass) -> tuple:
+    return () if parked.loras is None else parked.loras.unet_mix
+
+
+def _row_spans(group: list[_Pass]) -> list[tuple[tuple, slice]]:
+    spans, start = [], 0
+    for parked in group:
+        rows = parked.sample.shape[0]
+        spans.append((_mix(parked), slice(start, start + rows)))
+        start += rows
+    return spans
+
+
+def _run_together(group: list[_Pass]) -> None:
     if len(group) == 1:
         only = group[0]
         only.output = run_unet_alone(only.unet, only.sample, only.timestep, only.embeds)

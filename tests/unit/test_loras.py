@@ -365,3 +365,40 @@ def test_a_load_failure_after_the_checks_leaves_lora_disabled(
         adapters.apply([_req(files.a), _req(files.b)])
     assert adapters.loaded == [_req(files.a).key]
     assert np.array_equal(_render(pipe), base)
+
+
+def _unet_rows(pipe: StableDiffusionPipeline, rows: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(3)
+    channels, size = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    sample = torch.randn(rows, channels, size, size, generator=generator)
+    width = pipe.text_encoder.config.hidden_size
+    embeds = torch.randn(rows, 77, width, generator=generator)
+    return sample, embeds
+
+
+@torch.no_grad()
+def test_per_row_gives_each_row_its_own_weighted_loras(
+    pipe: StableDiffusionPipeline, adapters: LoraAdapters, files: Files
+) -> None:
+    """Three jobs' rows in one U-Net pass (one LoRA at 0.8, two LoRAs, none) come out as each
+    job's rows do alone with its LoRAs applied the ordinary way."""
+    jobs = [(_req(files.a, unet=0.8),), (_req(files.b), _req(files.c, unet=0.5)), ()]
+    sample, embeds = _unet_rows(pipe, 2 * len(jobs))
+    timestep = torch.tensor(500)
+    alone = []
+    for i, requests in enumerate(jobs):
+        adapters.apply(list(requests))
+        rows = slice(2 * i, 2 * i + 2)
+        alone.append(pipe.unet(sample[rows], timestep, embeds[rows], return_dict=False)[0])
+    adapters.apply([*jobs[0], *jobs[1]])  # every LoRA loaded
+    mixes = [adapters.unet_mix(requests) for requests in jobs]
+    assert adapters.mixable(mixes)
+    spans = [(mix, slice(2 * i, 2 * i + 2)) for i, mix in enumerate(mixes)]
+    with adapters.per_row(spans):
+        together = pipe.unet(sample, timestep, embeds, return_dict=False)[0]
+    for i, expected in enumerate(alone):
+        torch.testing.assert_close(together[2 * i : 2 * i + 2], expected, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(alone[0], alone[2], atol=1e-3), "the LoRAs changed nothing"
+    adapters.apply([])
+    base = pipe.unet(sample[4:], timestep, embeds[4:], return_dict=False)[0]
+    torch.testing.assert_close(base, alone[2], rtol=0, atol=0)
