@@ -150,3 +150,56 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'gallery.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+class RestartablePostgres:
+    """A PostgreSQL of its own that a test may stop and start again on the same port and
+    data folder (the session's `postgres_server` is shared and must stay up).
+
+    `start()` runs `initdb` the first time only; `stop()` is a fast shutdown (SIGINT to
+    the postmaster), so clients see their connections closed and new ones refused.
+    """
+
+    def __init__(self) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            pytest.fail("PostgreSQL is not installed: run `make install-dev`", pytrace=False)
+        self.bin_dir = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="sdstack-pg-"))
+        self.data, self.log = self.root / "data", self.root / "postgres.log"
+        self.server = PostgresServer(port=free_ports(1)[0])
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _init(self) -> None:
+        sockets = self.root / "sockets"
+        sockets.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, RUN_AS)
+            shutil.chown(sockets, RUN_AS)
+        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", SUPERUSER]
+        initdb += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]
+        subprocess.run(_as_owner(initdb), check=True, capture_output=True)
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self._init()
+        options = ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+        command = [str(self.bin_dir / "postgres"), "-D", str(self.data)]
+        command += ["-p", str(self.server.port), "-h", self.server.host]
+        command += ["-k", str(self.root / "sockets"), *options]
+        with open(self.log, "ab") as log_file:
+            self._process = subprocess.Popen(_as_owner(command), stdout=log_file, stderr=log_file)
+        _wait_until_ready(self.server, self._process, self.log)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process, self.data)
+            self._process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

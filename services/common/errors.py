@@ -7,6 +7,7 @@ No handler calls `context.abort` itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -163,3 +164,25 @@ class Unimplemented(SdstackError):
 
     status = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNIMPLEMENTED"
+
+
+ErrorTranslator = Callable[[BaseException], SdstackError | None]
+_TRANSLATORS: list[ErrorTranslator] = []
+
+
+def register_translator(translator: ErrorTranslator) -> None:
+    """Adds a function that turns a library's exception (e.g. a database driver's "server
+    gone") into a domain error; it returns None for exceptions it does not know."""
+    if translator not in _TRANSLATORS:
+        _TRANSLATORS.append(translator)
+
+
+def translate(error: BaseException) -> SdstackError | None:
+    """The domain error a registered translator makes of `error`, else None."""
+    if isinstance(error, SdstackError):
+        return error
+    for translator in _TRANSLATORS:
+        translated = translator(error)
+        if translated is not None:
+            return translated
+    return None

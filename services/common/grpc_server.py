@@ -31,7 +31,7 @@ from grpc_status import rpc_status
 
 from services.common import metrics
 from services.common.config import Settings, load_settings
-from services.common.errors import ConfigError, SdstackError
+from services.common.errors import ConfigError, SdstackError, translate
 from services.common.logs import configure_logging
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import (
@@ -177,10 +177,11 @@ class _RpcScope:
             self._abort(error)
 
     def _abort(self, error: Exception) -> None:
-        if isinstance(error, SdstackError):
-            self.code = error.status
-            log.info("%s/%s failed: %s", self.labels.service, self.labels.method, error.message)
-            self.context.abort_with_status(error_status(error, self.request_id))
+        known = translate(error)  # a domain error, or a library's (e.g. database gone)
+        if known is not None:
+            self.code = known.status
+            log.info("%s/%s failed: %s", self.labels.service, self.labels.method, known.message)
+            self.context.abort_with_status(error_status(known, self.request_id))
         if self.context.code() not in (None, grpc.StatusCode.OK):
             self.code = self.context.code()  # aborted by the handler itself
             raise error

@@ -7,7 +7,9 @@ S3 sends user metadata before the body, so a stream whose hash is not known yet 
 
 Errors are the domain errors of `services.common.errors`: a missing object is `NotFound`, a
 store that cannot be reached or refuses our credentials is `Unavailable`, a bad key is
-`InvalidArgument` (raised before any network call).
+`InvalidArgument` (raised before any network call). A write the store does not answer is
+sent again after short pauses (`WRITE_RETRY_DELAYS_S`, about 2 s in all), so a restart of
+the store costs a caller nothing; a store that stays down fails the write cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from minio import Minio
 from minio import time as minio_time
 from minio.datatypes import Object
 from minio.error import MinioException, S3Error
+from minio.helpers import ObjectWriteResult
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util import Retry, Timeout
 
@@ -60,6 +64,11 @@ MAX_KEY_BYTES = 1024
 SPOOL_IN_MEMORY = 16 * 1024 * 1024
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 120.0
+# Pauses between the attempts of a write the store did not answer: rides over a restart
+# of the store (about a second for the bundled one) and fails cleanly within ~2 s of
+# pauses when it stays down. Bodies are seekable (bytes, spool or file), so a retry
+# sends the same bytes again.
+WRITE_RETRY_DELAYS_S: tuple[float, ...] = (0.25, 0.5, 1.0)
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound"})
 _AUTH_CODES = frozenset(
@@ -83,6 +92,11 @@ class ChecksumMismatch(SdstackError):
 
     status = grpc.StatusCode.DATA_LOSS
     reason = "DATA_LOSS"
+
+
+class StoreUnreachable(Unavailable):
+    """The store did not answer (down, restarting, or a 5xx): worth retrying, unlike a
+    refusal of our credentials."""
 
 
 @dataclass(frozen=True)
@@ -315,16 +329,7 @@ class ObjectStore:
         metadata: dict[str, str],
     ) -> ObjectInfo:
         metadata = {**metadata, SHA256_META: sha256}
-        with self._errors(bucket, key):
-            result = self._client.put_object(
-                bucket,
-                key,
-                body,
-                size,
-                content_type=content_type,
-                metadata=metadata,  # type: ignore[arg-type]
-                part_size=PART_SIZE,
-            )
+        result = self._put_retrying(bucket, key, body, size, content_type, metadata)
         log.debug("put %s/%s (%d bytes, sha256 %s)", bucket, key, size, sha256)
         return ObjectInfo(
             bucket=bucket,
@@ -336,6 +341,38 @@ class ObjectStore:
             last_modified=result.last_modified,
             metadata=metadata,
         )
+
+    def _put_retrying(
+        self,
+        bucket: str,
+        key: str,
+        body: BinaryIO,
+        size: int,
+        content_type: str,
+        metadata: dict[str, str],
+    ) -> ObjectWriteResult:
+        """`put_object`, sent again after each pause of WRITE_RETRY_DELAYS_S while the
+        store does not answer (a refusal of our credentials is not retried)."""
+        start = body.tell()
+        for delay in (*WRITE_RETRY_DELAYS_S, None):
+            try:
+                with self._errors(bucket, key):
+                    return self._client.put_object(
+                        bucket,
+                        key,
+                        body,
+                        size,
+                        content_type=content_type,
+                        metadata=metadata,  # type: ignore[arg-type]
+                        part_size=PART_SIZE,
+                    )
+            except StoreUnreachable as error:
+                if delay is None:
+                    raise
+                log.warning("put %s/%s: %s; retrying in %.2g s", bucket, key, error, delay)
+                time.sleep(delay)
+                body.seek(start)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # -- reading ------------------------------------------------------------------------
 
@@ -493,7 +530,7 @@ class _ErrorTranslation:
         return SdstackError(f"object store error on {self.bucket}/{self.key}: {error.code}")
 
     def _unavailable(self, reason: str) -> Unavailable:
-        return Unavailable(f"object store at {self.endpoint} is unreachable: {reason}")
+        return StoreUnreachable(f"object store at {self.endpoint} is unreachable: {reason}")
 
 
 def _reason(error: BaseException) -> str:

@@ -410,6 +410,17 @@ class LocalS3Server:
             self._log_file.close()
             self._log_file = None
 
+    def kill(self) -> None:
+        """SIGKILL to weed's process group: a crash, for fault tests (no clean shutdown,
+        connections in flight are cut). `start()` afterwards reuses the data directory."""
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            self._remove_sockets()
+            log.info("local S3 server on %s killed", self.endpoint)
+        self.stop()
+
     def _remove_sockets(self) -> None:
         """Unix sockets weed leaves behind (those in /tmp would pile up, a set per run)."""
         for path in self._sockets:

@@ -11,8 +11,9 @@ from services.common.errors import ConfigError
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import OUTPUTS_BUCKET
 from services.common.proto.sdstack.v1 import gallery_pb2_grpc
-from services.common.sql import create_engine_for
+from services.common.sql import check_database, create_engine_for
 from services.common.wiring import connect_object_store, start_grpc_service
+from services.gallery.health import DependencyWatch
 from services.gallery.images import Images
 from services.gallery.records import BoardRecords, ImageRecords, create_schema
 from services.gallery.servicer import GalleryServicer
@@ -36,6 +37,12 @@ def build(settings: Settings) -> GrpcServer:
         lambda s: gallery_pb2_grpc.add_GalleryServicer_to_server(servicer, s),
     )
     server.set_serving(True)
+    watch = DependencyWatch(
+        server,
+        {"database": lambda: check_database(engine), "store": lambda: store.ping(OUTPUTS_BUCKET)},
+    )
+    watch.start()
+    server.on_shutdown(watch.stop)
     log.info("gallery ready on %s", settings.target("gallery"))
     return server
 
