@@ -2,9 +2,11 @@
 resolve the request's images as the caller, run the job on a generator replica, store
 the images in the gallery.
 
-A job runs in a thread of its own (`Run`), not in the HTTP request: a client that goes
-away mid-stream does not lose its pictures (they are stored, and the job can be watched
-again), and progress can be read by `/sdapi/v1/progress` from any request of its owner.
+A job runs in a thread of its own (`Run`), so that its progress can be read by
+`/sdapi/v1/progress` or watched (`/v1/generations/{id}/events`) from any request of its
+owner. The HTTP request that started a job owns it: when that client goes away before the
+result, the job is cancelled on its generator and nothing is stored (`Generations.abandon`);
+a client that only watches a job and goes away cancels nothing.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+import grpc
+from starlette.requests import Request
+
 from gateway.backends import Backends
 from services.common.errors import (
     AlreadyExists,
+    Cancelled,
     InvalidArgument,
     NotFound,
     SdstackError,
+    Unavailable,
 )
 from services.common.images import MAX_IMAGE_BYTES, decode_image
 from services.common.proto.sdstack.v1 import common_pb2, gallery_pb2, generator_pb2
@@ -140,6 +147,15 @@ def apply_style(params: common_pb2.GenerationParams, style: generator_pb2.Style)
         params.loras.append(common_pb2.LoraRef(name=style.lora, weight=weight))
 
 
+async def client_gone(request: Request) -> None:
+    """Returns when the client of `request` disconnects. Its body must have been read: what
+    `receive` gives after it is the disconnect (Starlette's streaming responses listen the
+    same way; `request.is_disconnected()` cannot see it through the middlewares' task
+    groups, which never finish inside its already-cancelled scope)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 # -- a running job -----------------------------------------------------------------------
 
 
@@ -182,7 +198,7 @@ class RunEvent:
         return self.kind in ("result", "error")
 
 
-Source = Callable[[], Iterator[generator_pb2.GenerateEvent]]
+Source = Callable[[], Generator[generator_pb2.GenerateEvent, None, None]]
 
 
 class Run:
@@ -202,6 +218,7 @@ class Run:
         self.images: list[common_pb2.GeneratedImage] = []
         self.records: list[gallery_pb2.Image] = []
         self.error: SdstackError | None = None
+        self.abandoned = threading.Event()  # the request that started the job is gone
         self._events: list[RunEvent] = []
         self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[RunEvent]]] = []
         self._lock = threading.Lock()
@@ -254,8 +271,8 @@ class Run:
     def run(self, source: Source, store: Callable[[list[common_pb2.GeneratedImage]], list]) -> None:
         """Consumes the generator's events (in the run's thread), then stores the images."""
         try:
-            for message in source():
-                self._on_message(message)
+            self._consume(source)
+            self._check_owned()
             if not self.images:
                 raise SdstackError("the generator ended the job without images")
             self.records = store(self.images)
@@ -267,6 +284,31 @@ class Run:
             log.exception("generation %s failed", self.request_id)
             self.error = SdstackError(f"internal error (request id {self.request_id})")
             self.publish(RunEvent("error", error=self.error))
+
+    def _consume(self, source: Source) -> None:
+        try:
+            # Closing the stream early (abandoned) cancels the generator call, hence the job.
+            with contextlib.closing(source()) as messages:
+                for message in messages:
+                    self._check_owned()
+                    self._on_message(message)
+        except SdstackError as error:
+            raise self._explained(error) from None
+
+    def _explained(self, error: SdstackError) -> SdstackError:
+        """UNAVAILABLE once a replica had the job (it was killed, or lost a dependency)
+        fails the job, which is never run twice: the client is told so in words, not
+        only by gRPC's (e.g. "Socket closed")."""
+        if error.status is not grpc.StatusCode.UNAVAILABLE or not self._events or self.remote:
+            return error
+        return Unavailable(
+            f"the generator replica running generation {self.request_id} failed mid-job "
+            f"({error.message}); the job was not run again: send it again"
+        )
+
+    def _check_owned(self) -> None:
+        if self.abandoned.is_set():
+            raise Cancelled(f"the client that started generation {self.request_id} went away")
 
     def _on_message(self, message: generator_pb2.GenerateEvent) -> None:
         which = message.WhichOneof("event")
@@ -316,8 +358,8 @@ class Generations:
                 return []
             return [self._store(order, image, params, parent) for image in images]
 
-        def source() -> Iterator[generator_pb2.GenerateEvent]:
-            return self.backends.generator.generate(
+        def source() -> Generator[generator_pb2.GenerateEvent, None, None]:
+            yield from self.backends.generator.generate(
                 request, timeout=timeout + DEADLINE_MARGIN_SECONDS
             )
 
@@ -340,6 +382,42 @@ class Generations:
         if local is not None and local.done:
             return False
         return self.backends.generator.cancel(job_id(owner, request_id))
+
+    def abandon(self, run: Run) -> None:
+        """The client of the request that started `run` went away: the job is cancelled
+        on its generator now (a queued job sends no event to stop on) and its images, if
+        they come anyway, are not stored. Never blocks: it may run in a cancelled task."""
+        if run.done or run.remote or run.abandoned.is_set():
+            return
+        run.abandoned.set()
+        log.info("generation %s: its client went away; cancelling it", run.request_id)
+        generator_id = job_id(run.owner, run.request_id)
+        thread = threading.Thread(
+            target=self._cancel_abandoned, args=(generator_id,), name=f"abandon-{run.request_id}"
+        )
+        thread.daemon = True
+        thread.start()
+
+    def _cancel_abandoned(self, generator_id: str) -> None:
+        try:
+            self.backends.generator.cancel(generator_id)
+        except SdstackError as error:  # the run's own thread still stops at its next event
+            log.warning("could not cancel abandoned generation %s: %s", generator_id, error)
+
+    async def wait_owned(self, run: Run, request: Request) -> Run:
+        """Waits for the end of a run that `request` started (raising its error); if the
+        client goes away first, the run is abandoned and `Cancelled` raised."""
+        ended = asyncio.ensure_future(run.wait())
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({ended, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                self.abandon(run)
+                raise Cancelled(f"the client of generation {run.request_id} went away")
+            return ended.result()
+        finally:
+            for task in (ended, gone):
+                task.cancel()
 
     def find(self, owner: str, request_id: str) -> Run | None:
         with self._lock:

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from sdstack.launcher import Stack, free_port_settings
-from services.common.clients import GeneratorClient
+from services.common.clients import GeneratorClient, TrainerClient
 from services.common.config import Settings, load_settings, settings_env
 from services.common.object_store import ObjectStore
 from services.generator.demo_model import DEMO_MODEL_NAME
@@ -82,6 +82,7 @@ class ExtraProcess:
     name: str
     settings: Settings
     process: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -90,6 +91,10 @@ class ExtraProcess:
     @property
     def generator_target(self) -> str:
         return f"{self.settings.host}:{self.settings.generator_port}"
+
+    @property
+    def trainer_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.trainer_port}"
 
     def http(self, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=120, headers=headers)
@@ -157,8 +162,51 @@ def start_gateway(stack: RunningStack, data_dir: Path, **overrides: object) -> E
     return extra
 
 
-def _spawn(module: str, settings: Settings) -> subprocess.Popen[bytes]:
-    env = {"TRANSFORMERS_VERBOSITY": "error", **os.environ, **settings_env(settings)}
+def start_trainer(
+    stack: RunningStack, data_dir: Path, env: dict[str, str] | None = None, **overrides: object
+) -> ExtraProcess:
+    """Another trainer over the running stack's store and generator, with `env` added to
+    its environment (its workers inherit it)."""
+    settings = _beside(stack, data_dir, **overrides)
+    extra = ExtraProcess(
+        "trainer", settings, _spawn("services.trainer.server", settings, env), env or {}
+    )
+    _wait_trainer(extra)
+    return extra
+
+
+def restart(extra: ExtraProcess) -> ExtraProcess:
+    """The same service started again on the same ports, data directory and environment
+    (after it was stopped or killed)."""
+    modules = {"generator": "services.generator.server", "trainer": "services.trainer.server"}
+    again = ExtraProcess(
+        extra.name,
+        extra.settings,
+        _spawn(modules[extra.name], extra.settings, extra.env),
+        extra.env,
+    )
+    if extra.name == "generator":
+        with GeneratorClient(again.generator_target) as client:
+            _wait_ready(again, client.is_serving)
+    else:
+        _wait_trainer(again)
+    return again
+
+
+def _wait_trainer(extra: ExtraProcess) -> None:
+    with TrainerClient(extra.trainer_target) as client:
+        _wait_ready(extra, client.is_serving)
+
+
+def _spawn(
+    module: str, settings: Settings, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {
+        "TRANSFORMERS_VERBOSITY": "error",
+        **os.environ,
+        **settings_env(settings),
+        **(extra_env or {}),
+    }
     return subprocess.Popen(
         [sys.executable, "-m", module],
         env=env,

@@ -97,9 +97,10 @@ async def _generate(
         resolve_settings, body, _options(request, owner), _lister(clients)
     )
     apply_settings(order, settings)
-    run = await run_in_threadpool(_jobs(request).start, order)
+    jobs = _jobs(request)
+    run = await run_in_threadpool(jobs.start, order)
     try:
-        await run.wait()
+        await jobs.wait_owned(run, request)
     except SdstackError as error:
         if error.status is not grpc.StatusCode.CANCELLED:
             raise  # interrupted: A1111 answers with what it has, here no images
@@ -127,7 +128,7 @@ async def extra_single_image(
     jobs = _jobs(request)
     order = extras_order(body, who, current_request_id(), jobs.max_pixels)
     run = await run_in_threadpool(jobs.start, order)
-    await run.wait()
+    await jobs.wait_owned(run, request)
     return ExtrasSingleImageResponse(html_info="", image=b64(run.images[0].png))
 
 

@@ -3,6 +3,10 @@
 Modes (SPEC §3): txt2img (optionally with hi-res fix), img2img, inpaint, upscale and
 variation. Images come as base64 `data` or as the `image_id` of one of the caller's gallery
 images; the results are stored in the gallery with the source as their parent.
+
+The request that starts a job owns it: if its client disconnects before the result
+(streaming or not), the job is cancelled on the generator and nothing is stored. A client
+of `GET /{request_id}/events` only watches: its leaving cancels nothing.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf import duration_pb2
 from pydantic import BaseModel, Field, WithJsonSchema, model_validator
+from starlette.types import Receive, Scope, Send
 
 from gateway.backends import Owner
 from gateway.errors import ERROR_RESPONSES, error_body, error_status
@@ -345,8 +350,8 @@ async def create_generation(body: GenerationCreate, request: Request, who: Owner
     order = body.to_order(who, current_request_id(), jobs.max_pixels)
     run = await run_in_threadpool(jobs.start, order)
     if body.stream:
-        return await event_stream(run)
-    await run.wait()
+        return await event_stream(run, owner=jobs)
+    await jobs.wait_owned(run, request)
     return JSONResponse(GenerationOut.from_run(run).model_dump(mode="json"))
 
 
@@ -371,9 +376,10 @@ def cancel_generation(
     return CancelOut(request_id=request_id, cancelled=cancelled)
 
 
-async def event_stream(run: Run) -> StreamingResponse:
+async def event_stream(run: Run, owner: Generations | None = None) -> StreamingResponse:
     """SSE of a run. An error before the first event (a refused request) is answered as a
-    plain JSON error instead, with its HTTP status."""
+    plain JSON error instead, with its HTTP status. With `owner` (this request started the
+    run), a client that goes away before the final event abandons the run."""
     events = run.subscribe()
     first = await anext(events)
     if first.kind == "error" and first.error is not None:
@@ -389,7 +395,29 @@ async def event_stream(run: Run) -> StreamingResponse:
             await events.aclose()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
+    if owner is None:
+        return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
+    return OwnedEventStream(run, owner, lines(), media_type="text/event-stream", headers=headers)
+
+
+class OwnedEventStream(StreamingResponse):
+    """The event stream of the request that started `run`. It ends before the run only when
+    its client went away (Starlette stops a response on disconnect, before or after its
+    first line), and then the run is abandoned."""
+
+    def __init__(
+        self, run: Run, jobs: Generations, content: AsyncIterator[str], **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self.run = run
+        self.jobs = jobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.run.done:
+                self.jobs.abandon(self.run)  # not awaited: this may run cancelled
 
 
 def _sse(run: Run, event: RunEvent) -> str:
