@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 DATA_DIR := $(or $(SDSTACK_DATA_DIR),.data)
 TOKENIZER := $(DATA_DIR)/clip/tokenizer/vocab.json
 
-.PHONY: up test test-slow install install-dev lint format protos clean
+.PHONY: up test test-slow bench install install-dev lint format protos clean audit
 
 up: install  ## start the object store, the three services and the gateway
 	$(PY) -m sdstack.cli up
@@ -19,6 +19,9 @@ test: install-dev  ## install what tests need and run lint and the whole suite
 
 test-slow: install-dev  ## the heavy load test and the memory soak (results go to bench/RESULTS.md)
 	$(PY) -m pytest -m slow
+
+bench: install-dev  ## every benchmark in turn (minutes; writes bench/RESULTS.md and bench/plots/)
+	$(PY) -m bench
 
 install: $(VENV)/.installed $(TOKENIZER)
 
@@ -55,6 +58,15 @@ format:
 
 protos: install-dev  ## regenerate services/common/proto from protos/
 	$(PY) scripts/gen_protos.py
+
+# Known vulnerabilities in what is installed, from PyPI's advisory feed. Fails on a finding,
+# and when a package could not be checked (no feed, or a name/version PyPI does not know),
+# except local builds such as torch 2.13.0+cpu, which PyPI cannot know: those are listed.
+audit: install-dev  ## audit the installed Python packages with pip-audit
+	$(PIP) install --quiet pip-audit
+	rm -f $(VENV)/pip-audit.json
+	$(VENV)/bin/pip-audit --skip-editable --progress-spinner off --desc on -f json -o $(VENV)/pip-audit.json || true
+	$(PY) scripts/audit_dependencies.py $(VENV)/pip-audit.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

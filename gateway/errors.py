@@ -98,8 +98,11 @@ def install_error_handlers(app: FastAPI) -> None:
         status = error_status(error)
         details = [{"field": v.field, "rule": v.rule} for v in error.violations]
         headers = {}
-        if error.retry_after_seconds is not None:
-            headers["Retry-After"] = str(max(1, round(error.retry_after_seconds)))
+        retry_after = error.retry_after_seconds
+        if retry_after is None and status == 429:
+            retry_after = 1.0  # every 429 says when to come back, even with no hint from gRPC
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(retry_after)))
         if status >= 500 and status not in (501, 503, 504):
             log.error("backend error: %s", error.message)
         return JSONResponse(error_body(error.reason, error.message, details), status, headers)

@@ -1,0 +1,54 @@
+"""Runs every benchmark in turn, each writing its own section of bench/RESULTS.md.
+
+    .venv/bin/python -m bench [generator gallery trainer curves] [--quick]
+
+Each benchmark runs in its own process (`python -m bench.<name>`), so memory, threads and
+the trainer's worker processes of one cannot slow the next. `--quick` is a smoke run: the
+small setting of each (it overwrites their sections with smoke-run figures). A failing
+benchmark does not stop the others; the exit status is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+# Full and quick arguments per benchmark. Only curves has its own --quick; the others get
+# small explicit settings.
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    "generator": ([], ["--sizes", "128", "--steps", "10", "--repeats", "2"]),
+    "gallery": ([], ["--sizes", "1000", "10000", "--repeats", "50"]),
+    "trainer": ([], ["--steps", "10", "--images", "4"]),
+    "curves": ([], ["--quick"]),
+}
+
+
+def run(name: str, quick: bool) -> int:
+    full, small = BENCHMARKS[name]
+    command = [sys.executable, "-m", f"bench.{name}", *(small if quick else full)]
+    sys.stdout.write(f"\n=== {' '.join(command[1:])}\n")
+    sys.stdout.flush()
+    started = time.perf_counter()
+    code = subprocess.call(command)
+    sys.stdout.write(f"=== bench.{name}: exit {code} after {time.perf_counter() - started:.0f} s\n")
+    return code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(BENCHMARKS)}; default all")
+    parser.add_argument("--quick", action="store_true", help="small settings, a smoke run")
+    args = parser.parse_args()
+    names = args.names or list(BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    failed = [name for name in names if run(name, args.quick) != 0]
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
