@@ -20,6 +20,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -153,6 +154,7 @@ class Engine:
         self._order = itertools.count()
         self._jobs: dict[str, JobHandle] = {}
         self._running: dict[str, JobHandle] = {}
+        self._finished: deque[tuple[float, JobHandle]] = deque()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -192,6 +194,7 @@ class Engine:
         timeout = job.timeout_seconds or self.default_timeout
         handle = JobHandle(job, model, deadline=time.monotonic() + timeout)
         with self._wake:
+            self._forget_expired()
             running = self._jobs.get(job.request_id)
             if running is not None and not running.done.is_set():
                 raise AlreadyExists(f"request_id: a job {job.request_id} is already running")
@@ -330,13 +333,16 @@ class Engine:
         handle.publish(Failed(error))
 
     def _forget_later(self, handle: JobHandle) -> None:
-        """Finished jobs stay watchable for a while, then are dropped."""
+        """Finished jobs stay watchable for a while, then are dropped (swept as jobs come
+        and go: no timer thread per job)."""
+        with self._lock:
+            self._finished.append((time.monotonic() + KEEP_FINISHED_SECONDS, handle))
+            self._forget_expired()
 
-        def forget() -> None:
-            with self._lock:
-                if self._jobs.get(handle.job.request_id) is handle:
-                    del self._jobs[handle.job.request_id]
-
-        timer = threading.Timer(KEEP_FINISHED_SECONDS, forget)
-        timer.daemon = True
-        timer.start()
+    def _forget_expired(self) -> None:
+        """Drops the finished jobs kept long enough; the caller holds the lock."""
+        now = time.monotonic()
+        while self._finished and self._finished[0][0] <= now:
+            _, handle = self._finished.popleft()
+            if self._jobs.get(handle.job.request_id) is handle:
+                del self._jobs[handle.job.request_id]

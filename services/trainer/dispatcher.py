@@ -19,7 +19,7 @@ import time
 
 from prometheus_client import Counter, Gauge
 
-from services.common.errors import SdstackError
+from services.common.errors import SdstackError, translate
 from services.common.proto.sdstack.v1 import trainer_pb2
 from services.trainer import jobs as states
 from services.trainer.jobs import JobRecord, JobStore
@@ -72,10 +72,12 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except SdstackError as error:
-                log.warning("training queue: %s", error.message)
-            except Exception:  # the queue must outlive one bad pass (e.g. the database away)
-                log.exception("training queue pass failed")
+            except Exception as error:  # the queue must outlive one bad pass
+                known = translate(error)  # e.g. the database away: one line, not a trace
+                if known is None:
+                    log.exception("training queue pass failed")
+                else:
+                    log.warning("training queue: %s", known.message)
             self._wake.wait(self.interval)
             self._wake.clear()
 

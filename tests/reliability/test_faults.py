@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from gateway.generation import job_id
 from services.common.clients import GeneratorClient, TrainerClient
+from services.common.clients.channel import MAX_RECONNECT_BACKOFF_MS
 from services.common.errors import SdstackError
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, trainer_pb2
 from services.common.sql import create_engine_for
@@ -49,8 +50,8 @@ LONG = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 150, "n_it
 SMALL = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3}
 CANCEL_WITHIN_S = 10.0
 # A restarted replica is reached when the gateway's gRPC channel to it reconnects: its
-# reconnect backoff grew while the replica was down (gRPC default: ×1.6 from 1 s, ≤ 120 s).
-RECOVERY_WITHIN_S = 120.0
+# reconnect backoff grew while the replica was down, to at most MAX_RECONNECT_BACKOFF_MS.
+RECOVERY_WITHIN_S = MAX_RECONNECT_BACKOFF_MS / 1000 + 20.0
 
 
 def _request(request_id: str, steps: int, n_iter: int = 1) -> generator_pb2.GenerateRequest:

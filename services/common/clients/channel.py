@@ -25,6 +25,8 @@ from services.common.request_context import (
 )
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_RECONNECT_BACKOFF_MS = 10_000
+"""A restarted replica gets calls again within this long (gRPC's default grows to 120 s)."""
 
 _RETRY_POLICY = {
     "maxAttempts": 4,
@@ -95,6 +97,8 @@ def open_channel(target: str, service: str, idempotent_methods: Iterable[str]) -
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 1),
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
             ("grpc.service_config", service_config(service, idempotent_methods)),
         ],
     )
