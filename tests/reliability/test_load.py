@@ -34,6 +34,7 @@ import statistics
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,7 +215,11 @@ def run_load(stack: Overloadable, clients: int, duration: float) -> LoadReport:
     url = stack.gateway.base_url
     report = LoadReport(clients, duration, single_request_seconds(url, warm_up=True))
     # The clients' timeout is far past the bound: a slow answer is measured, not cut short.
-    report.outcomes = asyncio.run(_load(url, clients, duration, timeout=report.bound * 3))
+    # Their event loop runs in a thread of its own: a test before this one (Playwright's
+    # sync API) may leave an event loop set on this thread, where asyncio.run refuses.
+    load = _load(url, clients, duration, timeout=report.bound * 3)
+    with ThreadPoolExecutor(1) as loop_thread:
+        report.outcomes = loop_thread.submit(asyncio.run, load).result()
     report.load_average = os.getloadavg()
     with stack.gateway.http() as client:
         assert client.get("/readyz").status_code == 200
