@@ -13,6 +13,12 @@ from services.common.errors import ConfigError
 from services.common.logs import configure_logging
 from services.common.metrics import ensure_port_free
 
+# An idle keep-alive connection is closed by the server after this many seconds. It must
+# outlast the clients' own idle expiry (httpx 5 s, browsers and load balancers ~60 s):
+# when both sides expire together, a client can send a request on a connection the server
+# is closing and get no answer at all (uvicorn's default is 5 s, exactly httpx's).
+KEEP_ALIVE_SECONDS = 75
+
 
 def main() -> None:
     try:
@@ -31,6 +37,7 @@ def main() -> None:
             host=settings.host,
             port=settings.gateway_port,
             log_config=None,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
     finally:
