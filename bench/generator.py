@@ -9,8 +9,15 @@ measures, each as a median with its spread:
    on the same checkpoint file, sampler, size, steps and seed (goal ≤ 1.05×);
 2. batching: 8 concurrent requests vs the same 8 one after another (goal ≥ 1.5×), once with
    the same settings but for their seeds and once mixed (prompts, step counts, CFG scales);
+   beside them, what batching can give on this machine at all: plain diffusers making the
+   8 images in one batch vs one after another;
 3. LoRA switching: alternating two LoRAs between requests vs keeping one (goal ≤ 5%);
 4. model load: the first request on a checkpoint not yet loaded vs a cached one.
+
+Both sides of each comparison are measured in the same minutes, alternately (A B, B A, …)
+after warm-ups of both, with the whole stack up: a machine that gets busier or quieter
+during the run (the services' own start-up, a neighbour on a shared host) weighs on both
+sides alike instead of on whichever ran second.
 
 Results are written into bench/RESULTS.md (section "Generator"), with the machine.
 """
@@ -47,19 +54,42 @@ HEADER = """## Generator
 The service against plain diffusers in the same run, on the project's tiny SD (SD 1.x
 topology, random weights: speed does not depend on the weights' values), Euler a, CFG 7,
 seed 42. Plain diffusers: `StableDiffusionPipeline` loaded from the same single file,
-in-process, with the same initial noise. sdstack: a gRPC client calling the generator
+in-process, with the same initial noise, timed alternately with the service while the
+stack is up. sdstack: a gRPC client calling the generator
 process (A1111 prompt weighting, PNG with infotext included). Command: `.venv/bin/{command}`.
 """
 PROMPT = "a timber pavilion by a lake, morning light"
 
 
+WARM_UPS = 2
+
+
 def timed(run: Callable[[], object], repeats: int) -> list[float]:
-    run()  # warm-up
+    for _ in range(WARM_UPS):
+        run()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         run()
         times.append(time.perf_counter() - started)
+    return times
+
+
+def paired(
+    first: Callable[[], object], second: Callable[[], object], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Times of `first` and of `second`, run alternately (each repeat swaps which goes
+    first) after warm-ups of both."""
+    for _ in range(WARM_UPS):
+        first()
+        second()
+    times: tuple[list[float], list[float]] = ([], [])
+    runs = (first, second)
+    for repeat in range(repeats):
+        for side in (0, 1) if repeat % 2 == 0 else (1, 0):
+            started = time.perf_counter()
+            runs[side]()
+            times[side].append(time.perf_counter() - started)
     return times
 
 
@@ -98,7 +128,7 @@ class Bench:
         values.update(params)
         return generator_pb2.GenerateRequest(params=common_pb2.GenerationParams(**values))
 
-    def plain_diffusers(self) -> list[float]:
+    def plain_pipeline(self) -> StableDiffusionPipeline:
         pipe = load_pipeline(
             self.files.single_file,
             config_root=self.folder / "configs",
@@ -108,27 +138,38 @@ class Bench:
         # the same sampler as the service's requests (A1111 "Euler a"); the checkpoint's own
         # PNDM would run one U-Net pass more per image
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+        return pipe
+
+    def plain_run(self, pipe: StableDiffusionPipeline, images: int = 1) -> Callable[[], None]:
+        """Plain diffusers making `images` images in one batch, with the service's noise."""
         size, steps = self.args.size, self.args.steps
-        noise = initial_noise((4, size // 8, size // 8), [42])
+        seeds = [42 + i for i in range(images)]
+        noise = initial_noise((4, size // 8, size // 8), seeds)
 
         def run() -> None:
             pipe(
-                PROMPT,
+                [PROMPT] * images,
                 width=size,
                 height=size,
                 num_inference_steps=steps,
                 latents=noise,
-                generator=[torch.Generator("cpu").manual_seed(42)],
-            ).images[0]
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            )
 
-        return timed(run, self.args.repeats)
+        return run
 
-    def end_to_end(self, client: GeneratorClient) -> list[float]:
-        return timed(lambda: client.generate_images(self.request()), self.args.repeats)
+    def end_to_end(
+        self, client: GeneratorClient, pipe: StableDiffusionPipeline
+    ) -> tuple[list[float], list[float]]:
+        """(plain diffusers, the service), one image each."""
+        service = lambda: client.generate_images(self.request())  # noqa: E731
+        return paired(self.plain_run(pipe), service, self.args.repeats)
 
     def batching(
         self, client: GeneratorClient, requests: list[generator_pb2.GenerateRequest]
     ) -> tuple[list[float], list[float]]:
+        """(one after another, all at once)."""
+
         def sequential() -> None:
             for request in requests:
                 client.generate_images(request)
@@ -140,8 +181,22 @@ class Bench:
             for thread in threads:
                 thread.join()
 
-        repeats = max(2, self.args.repeats // 2)
-        return timed(sequential, repeats), timed(concurrent, repeats)
+        return paired(sequential, concurrent, self.batch_repeats)
+
+    def batching_ceiling(self, pipe: StableDiffusionPipeline) -> tuple[list[float], list[float]]:
+        """Plain diffusers: 8 images one after another vs one batch of 8 (what batching can
+        give on this machine)."""
+        one = self.plain_run(pipe)
+
+        def sequential() -> None:
+            for _ in range(8):
+                one()
+
+        return paired(sequential, self.plain_run(pipe, images=8), self.batch_repeats)
+
+    @property
+    def batch_repeats(self) -> int:
+        return max(2, self.args.repeats // 2)
 
     def lora_switching(self, client: GeneratorClient) -> tuple[list[float], list[float]]:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -154,15 +209,17 @@ class Bench:
             )
         same = self.request(prompt=f"{PROMPT} <lora:bench-a:1>")
         other = self.request(prompt=f"{PROMPT} <lora:bench-b:1>")
-        keep = timed(lambda: client.generate_images(same), self.args.repeats)
         flip = [same, other]
         index = [0]
+
+        def keep() -> None:
+            client.generate_images(same)
 
         def switch() -> None:
             index[0] += 1
             client.generate_images(flip[index[0] % 2])
 
-        return keep, timed(switch, self.args.repeats)
+        return paired(keep, switch, self.args.repeats)
 
     def model_load(self, client: GeneratorClient) -> tuple[float, list[float]]:
         cold_files = save_tiny_model(self.folder / "cold", self.tokenizer, seed=1)
@@ -179,9 +236,9 @@ class Bench:
         return cold, timed(lambda: client.generate_images(request), self.args.repeats)
 
     def run(self) -> str:
-        plain = self.plain_diffusers()
         self.stack.start()
         try:
+            pipe = self.plain_pipeline()
             with GeneratorClient(self.settings.target("generator"), timeout=600) as client:
                 client.import_model(
                     self.files.single_file,
@@ -189,19 +246,20 @@ class Bench:
                     kind=common_pb2.MODEL_KIND_CHECKPOINT,
                     file_format="safetensors",
                 )
-                service = self.end_to_end(client)
+                plain, service = self.end_to_end(client, pipe)
                 same = [self.request(seed=100 + i) for i in range(8)]
-                sequential, concurrent = self.batching(client, same)
-                mixed_sequential, mixed_concurrent = self.batching(client, self.mixed_requests())
+                batching = {
+                    "8 requests alike but for their seeds": self.batching(client, same),
+                    "8 mixed requests (prompts, steps ±25%, CFG)": self.batching(
+                        client, self.mixed_requests()
+                    ),
+                }
+                ceiling = self.batching_ceiling(pipe)
                 keep, switch = self.lora_switching(client)
                 cold, warm = self.model_load(client)
         finally:
             self.stack.stop()
-        batching = {
-            "8 requests alike but for their seeds": (sequential, concurrent),
-            "8 mixed requests (prompts, steps ±25%, CFG)": (mixed_sequential, mixed_concurrent),
-        }
-        return self.report(plain, service, batching, keep, switch, cold, warm)
+        return self.report(plain, service, batching, ceiling, keep, switch, cold, warm)
 
     def mixed_requests(self) -> list[generator_pb2.GenerateRequest]:
         """Eight requests that share only checkpoint and size: they join and leave each
@@ -217,7 +275,7 @@ class Bench:
             for i in range(8)
         ]
 
-    def report(self, plain, service, batching, keep, switch, cold, warm) -> str:
+    def report(self, plain, service, batching, ceiling, keep, switch, cold, warm) -> str:
         median = statistics.median
         overhead = median(service) / median(plain)
         switch_cost = median(switch) / median(keep) - 1
@@ -233,6 +291,10 @@ class Bench:
                 f"| ≥ 1.5× {_verdict(median(sequential) / median(concurrent) >= 1.5)} |"
                 for label, (sequential, concurrent) in batching.items()
             ),
+            f"| plain diffusers, for reference: 8 images in one batch vs one after another "
+            f"| {spread(ceiling[1])} | {spread(ceiling[0])} "
+            f"| {median(ceiling[0]) / median(ceiling[1]):.2f}× faster | (what batching can "
+            "give on this machine) |",
             f"| LoRA switched every request vs kept | {spread(switch)} | {spread(keep)} "
             f"| {switch_cost:+.1%} per request | ≤ 5% {_verdict(switch_cost <= 0.05)} |",
             f"| first request on a checkpoint not loaded vs cached | {cold:.3f} s "
@@ -244,7 +306,8 @@ class Bench:
                 "",
                 f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}; torch "
                 f"{torch.__version__}, diffusers {diffusers.__version__}; "
-                f"{a.repeats} timed repeats after a warm-up.",
+                f"{a.repeats} timed repeats ({self.batch_repeats} for the batches of 8), "
+                f"both sides of each row alternately, after {WARM_UPS} warm-ups of each.",
                 "",
                 *rows,
                 "",

@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import re
+import socket
 import statistics
 import textwrap
 import time
@@ -270,6 +271,36 @@ def test_overload_gets_fast_429_with_retry_after_and_admitted_latency_stays_boun
     report = run_load(overloadable, clients=16, duration=8)
     print(summary(report))  # noqa: T201
     check_report(report, drift=False)
+
+
+def _get_on(connection: socket.socket, host: str) -> bytes:
+    """One keep-alive GET of /healthz on an open connection; the answer's status line."""
+    connection.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = connection.recv(4096)
+        if not chunk:
+            return b"(connection closed by the gateway)"
+        answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
+    while len(rest) < length:
+        rest += connection.recv(4096)
+    return head.split(b"\r\n", 1)[0]
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive_expiry(
+    overloadable: Overloadable,
+) -> None:
+    """httpx drops an idle pooled connection after 5 s; if the gateway closed it at the same
+    moment, a request sent on it would get no answer (the heavy tier's dropped connections).
+    So the gateway must keep an idle connection open past that."""
+    settings = overloadable.gateway.settings
+    host = f"{settings.host}:{settings.gateway_port}"
+    with socket.create_connection((settings.host, settings.gateway_port), timeout=30) as conn:
+        assert _get_on(conn, host).endswith(b"200 OK")
+        time.sleep(httpx.Limits().keepalive_expiry + 1)
+        assert _get_on(conn, host).endswith(b"200 OK")
 
 
 @pytest.mark.slow
