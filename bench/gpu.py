@@ -117,9 +117,11 @@ class Bench:
         vae.to(memory_format=layout)
         if variant in COMPILE_MODES:
             unet = torch.compile(unet, mode=COMPILE_MODES[variant], fullgraph=True)
-        return StableDiffusionPipeline(
+        pipe = StableDiffusionPipeline(
             **{**self.base.components, "unet": unet, "vae": vae}, requires_safety_checker=False
         )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def measure(self, variant: str, batch: int, flops: float) -> Measured:
         pipe = self.pipeline(variant)
@@ -238,7 +240,7 @@ def report(results: list[Measured], args: argparse.Namespace, bench: Bench) -> s
             f"| {m.batch} | {m.variant} | {m.its:.2f} ({_spread(m.step_seconds, inverse=True)}) "
             f"| {_ratio(m.its, ref.its if ref else None)} | {m.images_per_second:.3f} "
             f"| {_ratio(m.images_per_second, ref.images_per_second if ref else None)} "
-            f"| {m.peak_bytes / 2**30:.2f} GiB | {m.tflops:.1f} | {fraction} "
+            f"| {m.peak_bytes / 2**30:.2f} GiB | {m.tflops:.3g} | {fraction} "
             f"| {m.compile_seconds:.0f} |"
         )
     smoke = (
