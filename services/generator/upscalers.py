@@ -20,7 +20,6 @@ The scale is 2^(upconvs) divided by the pixel-unshuffle factor, which shows as `
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.sd.checkpoint_loader import load_weights_only
 
 Layout = Literal["old", "trunk", "new"]
 
@@ -343,16 +343,7 @@ def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InvalidArgument(
-            "model",
-            "refused: the pickle holds code or objects other than plain weights "
-            "(only tensors are loaded; convert it to .safetensors)",
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as exc:
-        raise InvalidArgument("model", f"corrupt {path.suffix} file: {exc}") from exc
+    return load_weights_only(path, "model")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ for name and shape for shape, or it is refused as `InvalidArgument("vae", ...)`.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from safetensors.torch import save_file
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.sd.checkpoint_layout import VAE_PREFIX, vae_key, vae_to_compvis
-from services.common.sd.checkpoint_loader import read_safetensors_header
+from services.common.sd.checkpoint_loader import load_weights_only, read_safetensors_header
 
 FIELD = "vae"
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
@@ -79,15 +78,7 @@ def _read_safetensors(path: Path) -> Tensors:
 
 def _read_pickle(path: Path) -> Tensors:
     """Plain tensors only: `weights_only=True` refuses any pickle that builds other objects."""
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise _invalid(
-            f"refused {path.name}: its pickle holds code or objects other than plain weights "
-            "(only tensors are loaded; convert it to .safetensors)"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise _invalid(f"corrupt {path.suffix} file: cannot be read ({exc})") from exc
+    obj = load_weights_only(path, FIELD)
     for _ in range(MAX_NESTING):  # bounded: a pickle can make a dict that contains itself
         if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
             break

@@ -387,6 +387,15 @@ CASES = [
         400,
         "model",
     ),
+    *(
+        case(
+            f"rest-garbled-pickle-{kind}",
+            lambda w, kind=kind, fmt=fmt: upload_model(w, p.GARBLED_PICKLE, kind=kind, format=fmt),
+            400,
+            "corrupt",
+        )
+        for kind, fmt in (("checkpoint", "ckpt"), ("vae", "ckpt"), ("upscaler", "pth"))
+    ),
     case("rest-lying-header-length", lambda w: upload_model(w, p.lying_header_length()), 400),
     case("rest-lying-offsets", lambda w: upload_model(w, p.lying_offsets()), 400, "tensor w"),
     case(

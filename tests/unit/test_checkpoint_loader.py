@@ -21,6 +21,7 @@ from services.common.sd.checkpoint_loader import (
     check_single_file,
     expected_shapes,
     load_pipeline,
+    load_weights_only,
 )
 from services.common.sd.sd_configs import SD15, TINY
 from services.generator.tiny_model import TinyModelFiles
@@ -144,6 +145,23 @@ def test_corrupt_ckpt_is_refused(tmp_path: Path, load: Loader) -> None:
     with pytest.raises(InvalidArgument) as excinfo:
         load(ckpt)
     assert "corrupt .ckpt" in _rule(excinfo)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hs\xc2\x99\xc3\x8d", b"\x80\x02}q\x00(X", b"\x80\x02h\x07.", b"\x80\x02K"],
+    ids=["bad-memo-index", "truncated-dict", "memo-get-empty", "truncated-int"],
+)
+def test_a_garbled_pickle_is_a_corrupt_file_naming_the_field(tmp_path: Path, data: bytes) -> None:
+    """Whatever the weights-only unpickler raises on bytes that are not a PyTorch pickle
+    (KeyError, IndexError, EOFError, …), the caller gets INVALID_ARGUMENT, never a crash."""
+    path = tmp_path / "garbled.pt"
+    path.write_bytes(data)
+    with pytest.raises(InvalidArgument) as excinfo:
+        load_weights_only(path, "vae")
+    violation = excinfo.value.violations[0]
+    assert violation.field == "vae"
+    assert "corrupt .pt file" in violation.rule
 
 
 # --- broken .safetensors ----------------------------------------------------------------------

@@ -147,18 +147,33 @@ def _check_offsets(header: dict[str, Any], data_size: int) -> Shapes:
 # --- .ckpt (pickle) --------------------------------------------------------------------------
 
 
+def load_weights_only(path: Path, field: str) -> Any:
+    """The object in a PyTorch pickle (`.ckpt`, `.pt`, `.pth`), read with
+    `weights_only=True`: a pickle that carries code is refused, never run.
+
+    Bytes that are not a PyTorch pickle make the weights-only unpickler fail in many ways
+    (`KeyError` on a bad memo index, `IndexError`, `struct.error`, …), so every failure but
+    the refusal is reported as a corrupt file, naming `field`."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise InvalidArgument(
+            field,
+            f"refused {path.suffix or 'pickle'} file: its pickle holds code or objects other "
+            "than plain weights (only tensors are loaded; convert it to .safetensors)",
+        ) from exc
+    except Exception as exc:  # malformed bytes: the unpickler's failures have no common type
+        raise InvalidArgument(
+            field,
+            f"corrupt {path.suffix or 'pickle'} file: cannot be read as PyTorch weights "
+            f"({type(exc).__name__}: {exc})",
+        ) from exc
+
+
 def load_ckpt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A `.ckpt`'s tensors and top-level string entries (metadata), read with
     `weights_only=True`: a pickle that carries code is refused, never run."""
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        raise _invalid(
-            "refused .ckpt: its pickle holds code or objects other than plain weights "
-            "(only tensors are loaded; convert it to .safetensors)"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise _invalid(f"corrupt .ckpt: cannot be read as a PyTorch checkpoint ({exc})") from exc
+    obj = load_weights_only(path, FIELD)
     if not isinstance(obj, dict):
         raise _invalid("corrupt .ckpt: it holds no state dict")
     metadata = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, str)}
