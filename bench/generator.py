@@ -1,18 +1,25 @@
 """Generator benchmark (issue: generator): the service against plain diffusers, same run.
 
-    .venv/bin/python -m bench.generator [--sizes 128 256] [--steps 10 20] [--repeats 5]
+    .venv/bin/python -m bench.generator [--sizes 128 256] [--steps 10 20] [--archs tiny tiny]
+                                        [--repeats 5]
 
 Starts the real stack (local S3, services) on free ports in a temporary folder, then
 measures, each as a median with its spread:
 
-1. end to end: one image through the generator's gRPC API vs plain diffusers in-process,
-   on the same checkpoint file, sampler, size, steps and seed (goal ≤ 1.05×);
+1. end to end: one image through the generator's gRPC API, and through the gateway's HTTP
+   API (`POST /v1/generations`, stored in the gallery, then `GET` of the PNG), vs plain
+   diffusers in-process, on the same checkpoint file, sampler, size, steps and seed (goals
+   ≤ 1.05× for gRPC, ≤ 1.03× through the gateway);
 2. batching: 8 concurrent requests vs the same 8 one after another (goal ≥ 1.5×), once with
    the same settings but for their seeds and once mixed (prompts, step counts, CFG scales);
    beside them, what batching can give on this machine at all: plain diffusers making the
    8 images in one batch vs one after another;
 3. LoRA switching: alternating two LoRAs between requests vs keeping one (goal ≤ 5%);
 4. model load: the first request on a checkpoint not yet loaded vs a cached one.
+
+Each size runs on the project's tiny SD, or with `--archs … sd15` on the full SD 1.5
+architecture with random weights (speed does not depend on the weights' values); on the
+CPU an SD 1.5 image takes minutes, so that setting measures only the end to end rows.
 
 Both sides of each comparison are measured in the same minutes, alternately (A B, B A, …)
 after warm-ups of both, with the whole stack up: a machine that gets busier or quieter
@@ -36,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import diffusers
+import httpx
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 
@@ -43,20 +51,24 @@ from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
 from services.common.config import load_settings
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.common.sd.checkpoint_layout import save_single_file
 from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.sd_configs import SD15
 from services.generator.loras import make_kohya_lora
 from services.generator.modes import initial_noise
-from services.generator.tiny_model import save_tiny_model
+from services.generator.tiny_model import TinyModelFiles, build_pipeline, save_tiny_model
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = """## Generator
 
 The service against plain diffusers in the same run, on the project's tiny SD (SD 1.x
-topology, random weights: speed does not depend on the weights' values), Euler a, CFG 7,
-seed 42. Plain diffusers: `StableDiffusionPipeline` loaded from the same single file,
-in-process, with the same initial noise, timed alternately with the service while the
-stack is up. sdstack: a gRPC client calling the generator
-process (A1111 prompt weighting, PNG with infotext included). Command: `.venv/bin/{command}`.
+topology, random weights: speed does not depend on the weights' values) or, where the
+heading says so, the full SD 1.5 architecture with random weights; Euler a, CFG 7, seed 42.
+Plain diffusers: `StableDiffusionPipeline` loaded from the same single file, in-process,
+with the same initial noise, timed in turns with the service while the stack is up.
+sdstack: a gRPC client calling the generator process (A1111 prompt weighting, PNG with
+infotext included), and an HTTP client calling the gateway, which has the image stored in
+the gallery and then serves its PNG. Command: `.venv/bin/{command}`.
 """
 PROMPT = "a timber pavilion by a lake, morning light"
 
@@ -75,18 +87,16 @@ def timed(run: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def paired(
-    first: Callable[[], object], second: Callable[[], object], repeats: int
-) -> tuple[list[float], list[float]]:
-    """Times of `first` and of `second`, run alternately (each repeat swaps which goes
-    first) after warm-ups of both."""
-    for _ in range(WARM_UPS):
-        first()
-        second()
-    times: tuple[list[float], list[float]] = ([], [])
-    runs = (first, second)
+def alternated(*runs: Callable[[], object], repeats: int, warm_ups: int = WARM_UPS):
+    """Times of each run, taken in turns: every repeat starts one run later than the last
+    (A B C, B C A, …), after `warm_ups` of each."""
+    for _ in range(warm_ups):
+        for run in runs:
+            run()
+    times: tuple[list[float], ...] = tuple([] for _ in runs)
     for repeat in range(repeats):
-        for side in (0, 1) if repeat % 2 == 0 else (1, 0):
+        for offset in range(len(runs)):
+            side = (repeat + offset) % len(runs)
             started = time.perf_counter()
             runs[side]()
             times[side].append(time.perf_counter() - started)
@@ -103,7 +113,7 @@ class Bench:
         self.folder = folder
         tokenizer = Path(args.tokenizer)
         self.tokenizer = tokenizer
-        self.files = save_tiny_model(folder / "model", tokenizer)
+        self.files = save_model(args.arch, folder / "model", tokenizer)
         settings = load_settings(
             data_dir=folder / "stack",
             clip_tokenizer_dir=tokenizer,
@@ -159,11 +169,37 @@ class Bench:
         return run
 
     def end_to_end(
-        self, client: GeneratorClient, pipe: StableDiffusionPipeline
-    ) -> tuple[list[float], list[float]]:
-        """(plain diffusers, the service), one image each."""
+        self, client: GeneratorClient, http: httpx.Client, pipe: StableDiffusionPipeline
+    ) -> tuple[list[float], list[float], list[float]]:
+        """(plain diffusers, the generator over gRPC, the gateway over HTTP), one image each."""
         service = lambda: client.generate_images(self.request())  # noqa: E731
-        return paired(self.plain_run(pipe), service, self.args.repeats)
+        warm_ups = 1 if self.args.arch == "sd15" else WARM_UPS  # minutes an image on a CPU
+        return alternated(
+            self.plain_run(pipe),
+            service,
+            lambda: self.through_gateway(http),
+            repeats=self.args.repeats,
+            warm_ups=warm_ups,
+        )
+
+    def through_gateway(self, http: httpx.Client) -> bytes:
+        """What a web client does: ask for the image, then fetch the stored PNG."""
+        body = {
+            "prompt": PROMPT,
+            "seed": 42,
+            "width": self.args.size,
+            "height": self.args.size,
+            "steps": self.args.steps,
+            "sampler": "Euler a",
+            "model": "bench",
+            "timeout_seconds": 3600,
+        }
+        made = http.post("/v1/generations", json=body)
+        made.raise_for_status()
+        image = made.json()["images"][0]["id"]
+        png = http.get(f"/v1/images/{image}/file")
+        png.raise_for_status()
+        return png.content
 
     def batching(
         self, client: GeneratorClient, requests: list[generator_pb2.GenerateRequest]
@@ -181,7 +217,7 @@ class Bench:
             for thread in threads:
                 thread.join()
 
-        return paired(sequential, concurrent, self.batch_repeats)
+        return alternated(sequential, concurrent, repeats=self.batch_repeats)
 
     def batching_ceiling(self, pipe: StableDiffusionPipeline) -> tuple[list[float], list[float]]:
         """Plain diffusers: 8 images one after another vs one batch of 8 (what batching can
@@ -192,7 +228,7 @@ class Bench:
             for _ in range(8):
                 one()
 
-        return paired(sequential, self.plain_run(pipe, images=8), self.batch_repeats)
+        return alternated(sequential, self.plain_run(pipe, images=8), repeats=self.batch_repeats)
 
     @property
     def batch_repeats(self) -> int:
@@ -219,7 +255,7 @@ class Bench:
             index[0] += 1
             client.generate_images(flip[index[0] % 2])
 
-        return paired(keep, switch, self.args.repeats)
+        return alternated(keep, switch, repeats=self.args.repeats)
 
     def model_load(self, client: GeneratorClient) -> tuple[float, list[float]]:
         cold_files = save_tiny_model(self.folder / "cold", self.tokenizer, seed=1)
@@ -237,16 +273,22 @@ class Bench:
 
     def run(self) -> str:
         self.stack.start()
+        gateway = f"http://{self.settings.host}:{self.settings.gateway_port}"
         try:
             pipe = self.plain_pipeline()
-            with GeneratorClient(self.settings.target("generator"), timeout=600) as client:
+            with (
+                GeneratorClient(self.settings.target("generator"), timeout=3600) as client,
+                httpx.Client(base_url=gateway, timeout=3600) as http,
+            ):
                 client.import_model(
                     self.files.single_file,
                     name="bench",
                     kind=common_pb2.MODEL_KIND_CHECKPOINT,
                     file_format="safetensors",
                 )
-                plain, service = self.end_to_end(client, pipe)
+                plain, service, gateway_times = self.end_to_end(client, http, pipe)
+                if self.args.arch == "sd15":
+                    return self.report_end_to_end(plain, service, gateway_times)
                 same = [self.request(seed=100 + i) for i in range(8)]
                 batching = {
                     "8 requests alike but for their seeds": self.batching(client, same),
@@ -259,7 +301,11 @@ class Bench:
                 cold, warm = self.model_load(client)
         finally:
             self.stack.stop()
-        return self.report(plain, service, batching, ceiling, keep, switch, cold, warm)
+        rows = [
+            *self.end_to_end_rows(plain, service, gateway_times),
+            *self.other_rows(batching, ceiling, keep, switch, cold, warm),
+        ]
+        return self.section(rows)
 
     def mixed_requests(self) -> list[generator_pb2.GenerateRequest]:
         """Eight requests that share only checkpoint and size: they join and leave each
@@ -275,16 +321,25 @@ class Bench:
             for i in range(8)
         ]
 
-    def report(self, plain, service, batching, ceiling, keep, switch, cold, warm) -> str:
+    def report_end_to_end(self, plain, service, gateway) -> str:
+        return self.section(self.end_to_end_rows(plain, service, gateway))
+
+    def end_to_end_rows(self, plain, service, gateway) -> list[str]:
         median = statistics.median
-        overhead = median(service) / median(plain)
-        switch_cost = median(switch) / median(keep) - 1
-        a = self.args
-        rows = [
-            "| measure | sdstack | reference | ratio | goal |",
-            "| --- | --- | --- | --- | --- |",
+        grpc_ratio = median(service) / median(plain)
+        gateway_ratio = median(gateway) / median(plain)
+        return [
             f"| one image, gRPC end to end vs plain diffusers in-process | {spread(service)} "
-            f"| {spread(plain)} | {overhead:.3f}× | ≤ 1.05× {_verdict(overhead <= 1.05)} |",
+            f"| {spread(plain)} | {grpc_ratio:.3f}× | ≤ 1.05× {_verdict(grpc_ratio <= 1.05)} |",
+            "| one image through the gateway (HTTP, stored in the gallery, PNG fetched) vs "
+            f"plain diffusers in-process | {spread(gateway)} | {spread(plain)} "
+            f"| {gateway_ratio:.3f}× | ≤ 1.03× {_verdict(gateway_ratio <= 1.03)} |",
+        ]
+
+    def other_rows(self, batching, ceiling, keep, switch, cold, warm) -> list[str]:
+        median = statistics.median
+        switch_cost = median(switch) / median(keep) - 1
+        return [
             *(
                 f"| {label}: concurrent vs sequential | {spread(concurrent)} "
                 f"| {spread(sequential)} | {median(sequential) / median(concurrent):.2f}× faster "
@@ -300,19 +355,36 @@ class Bench:
             f"| first request on a checkpoint not loaded vs cached | {cold:.3f} s "
             f"| {spread(warm)} | {cold / median(warm):.2f}× | (recorded) |",
         ]
+
+    def section(self, rows: list[str]) -> str:
+        a = self.args
+        model = " on the SD 1.5 architecture" if a.arch == "sd15" else ""
+        warm_ups = 1 if a.arch == "sd15" else WARM_UPS
         return "\n".join(
             [
-                f"### {a.size}×{a.size}, {a.steps} steps",
+                f"### {a.size}×{a.size}, {a.steps} steps{model}",
                 "",
                 f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}; torch "
                 f"{torch.__version__}, diffusers {diffusers.__version__}; "
                 f"{a.repeats} timed repeats ({self.batch_repeats} for the batches of 8), "
-                f"both sides of each row alternately, after {WARM_UPS} warm-ups of each.",
+                f"the sides of each row in turns, after {warm_ups} warm-up(s) of each.",
                 "",
+                "| measure | sdstack | reference | ratio | goal |",
+                "| --- | --- | --- | --- | --- |",
                 *rows,
                 "",
             ]
         )
+
+
+def save_model(arch: str, folder: Path, tokenizer: Path) -> TinyModelFiles:
+    """The benchmark's checkpoint: the tiny SD, or the SD 1.5 architecture (random
+    weights) as one A1111-layout file."""
+    if arch == "tiny":
+        return save_tiny_model(folder, tokenizer)
+    single_file = folder / "sd15-random.safetensors"
+    save_single_file(build_pipeline(SD15, tokenizer), single_file, SD15)
+    return TinyModelFiles(diffusers_dir=folder / "unused", single_file=single_file)
 
 
 def _verdict(ok: bool) -> str:
@@ -344,12 +416,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20])
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        choices=("tiny", "sd15"),
+        help="model per size: tiny (default) or sd15 (end to end rows only)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokenizer", default=".data/clip/tokenizer")
     args = parser.parse_args()
     parts = [HEADER.format(command=" ".join(["python -m bench.generator", *sys.argv[1:]]))]
-    for size, steps in zip(args.sizes, args.steps, strict=True):
-        run = argparse.Namespace(**{**vars(args), "size": size, "steps": steps})
+    archs = args.archs or ["tiny"] * len(args.sizes)
+    for size, steps, arch in zip(args.sizes, args.steps, archs, strict=True):
+        run = argparse.Namespace(**{**vars(args), "size": size, "steps": steps, "arch": arch})
         with tempfile.TemporaryDirectory(prefix="sdstack-bench-") as folder:
             parts.append(Bench(run, Path(folder)).run())
     section = "\n".join(parts)
