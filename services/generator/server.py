@@ -12,6 +12,7 @@ from services.common.config import Settings
 from services.common.errors import ConfigError, FailedPrecondition, NotFound
 from services.common.gpu_metrics import register_gpu_metrics
 from services.common.grpc_server import GrpcServer, run_service
+from services.common.malloc_tuning import keep_freed_memory_for_reuse
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
 from services.common.sd.model_registry import ModelRegistry
@@ -45,6 +46,7 @@ def quiet_model_libraries() -> None:
 
 def build(settings: Settings) -> GrpcServer:
     quiet_model_libraries()
+    keep_freed_memory_for_reuse()
     device = pick_device(settings.device)
     tokenizer_dir = settings.resolved_clip_tokenizer_dir
     if not (tokenizer_dir / "vocab.json").exists():

@@ -30,6 +30,7 @@ from services.common.clients.generator import GeneratorClient
 from services.common.config import Settings, load_settings
 from services.common.errors import ConfigError, SdstackError
 from services.common.logs import configure_logging
+from services.common.malloc_tuning import keep_freed_memory_for_reuse
 from services.common.object_store import DATASETS_BUCKET, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.checkpoint_loader import load_pipeline
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"trainer worker: configuration error: {error}\n")
         return 2
     configure_logging("trainer-worker", settings.log_level, settings.log_format)
+    keep_freed_memory_for_reuse()
     return run_job(settings, args.job_id, args.parent_pid)
 
 
