@@ -125,8 +125,9 @@ class Bench:
         self.stack = Stack(settings)
         self.settings = settings
 
-    def request(self, **params: object) -> generator_pb2.GenerateRequest:
-        values = {
+    def settings_of_one_image(self) -> dict[str, object]:
+        """The benchmark's image, under the field names the gRPC and REST APIs share."""
+        return {
             "prompt": PROMPT,
             "seed": 42,
             "width": self.args.size,
@@ -135,7 +136,9 @@ class Bench:
             "sampler": "Euler a",
             "model": "bench",
         }
-        values.update(params)
+
+    def request(self, **params: object) -> generator_pb2.GenerateRequest:
+        values = {**self.settings_of_one_image(), **params}
         return generator_pb2.GenerateRequest(params=common_pb2.GenerationParams(**values))
 
     def plain_pipeline(self) -> StableDiffusionPipeline:
@@ -184,16 +187,7 @@ class Bench:
 
     def through_gateway(self, http: httpx.Client) -> bytes:
         """What a web client does: ask for the image, then fetch the stored PNG."""
-        body = {
-            "prompt": PROMPT,
-            "seed": 42,
-            "width": self.args.size,
-            "height": self.args.size,
-            "steps": self.args.steps,
-            "sampler": "Euler a",
-            "model": "bench",
-            "timeout_seconds": 3600,
-        }
+        body = {**self.settings_of_one_image(), "timeout_seconds": 3600}
         made = http.post("/v1/generations", json=body)
         made.raise_for_status()
         image = made.json()["images"][0]["id"]
