@@ -15,8 +15,7 @@ heap; the generator computes in one thread at a time, so nothing waits on its lo
 
 The same as starting the process with `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`,
 `MALLOC_MMAP_THRESHOLD_` and `MALLOC_ARENA_MAX=1`, but done from the code so every way of
-starting a service gets it. A no-op where the C library
-is not glibc (macOS, musl).
+starting a service gets it. A no-op where the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
@@ -46,15 +45,14 @@ def keep_freed_memory_for_reuse() -> bool:
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
         return False
-    applied = all(
-        mallopt(option, value) == 1
-        for option, value in (
-            (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
-            (M_TRIM_THRESHOLD, KEEP_FREED_BYTES),
-            (M_TOP_PAD, TOP_PAD_BYTES),
-            (M_ARENA_MAX, 1),
-        )
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        (M_TRIM_THRESHOLD, KEEP_FREED_BYTES),
+        (M_TOP_PAD, TOP_PAD_BYTES),
+        (M_ARENA_MAX, 1),
     )
+    results = [mallopt(option, value) for option, value in settings]  # each, even after a refusal
+    applied = all(result == 1 for result in results)
     if not applied:
         log.warning("glibc refused the allocator settings; tensor work may be slower")
     return applied
