@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
 from tests.browser.test_web_ui import newest_run, open_ui, small_images, wait_done
@@ -159,7 +160,7 @@ def test_markup_in_prompts_tags_boards_and_styles_is_shown_as_text(
     assert text_of(dialog.locator('dd[data-param="tags"]')) == ", ".join(marked["tags"])
     assert page.locator("#detail-tags").input_value() == ", ".join(marked["tags"])
     board_check = dialog.locator(f'#detail-boards input[data-board-id="{marked["board_id"]}"]')
-    assert board_check.is_checked()
+    expect(board_check).to_be_checked()
     label = dialog.locator(
         "#detail-boards label", has=page.locator(f'input[data-board-id="{marked["board_id"]}"]')
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
 from tests.stack_fixtures import ExtraProcess, RunningStack, start_gateway
@@ -84,7 +85,7 @@ def test_a_prompt_makes_four_images_with_progress_then_upscale_vary_reroll(
     assert first.locator(".run-prompt").text_content() == prompt
     seeds = first.locator(".cell").evaluate_all("cells => cells.map(c => Number(c.dataset.seed))")
     assert seeds == list(range(seeds[0], seeds[0] + 4))  # image i uses seed + i
-    assert page.get_by_role("button", name=f"Lock seed {seeds[0]}").is_visible()
+    expect(page.get_by_role("button", name=f"Lock seed {seeds[0]}")).to_be_visible()
     screenshot(page, "create")
 
     with running_stack.http() as http:
@@ -115,8 +116,8 @@ def test_a_prompt_makes_four_images_with_progress_then_upscale_vary_reroll(
 
     # lock a seed from a result: the form takes it
     first.get_by_role("button", name=f"Lock seed {seeds[2]}").click()
-    assert page.get_by_label("Seed", exact=True).input_value() == str(seeds[2])
-    assert page.get_by_label("Lock seed", exact=True).is_checked()
+    expect(page.get_by_label("Seed", exact=True)).to_have_value(str(seeds[2]))
+    expect(page.get_by_label("Lock seed", exact=True)).to_be_checked()
     screenshot(page, "results")
 
 
@@ -204,19 +205,19 @@ def test_the_gallery_finds_shows_lineage_favourites_and_deletes(
 
 def test_labels_switch_between_english_and_chinese(page) -> None:
     open_ui(page)
-    assert page.get_by_role("link", name="Create").is_visible()
+    expect(page.get_by_role("link", name="Create")).to_be_visible()
     page.get_by_label("Language").select_option("zh")
-    assert page.get_by_role("link", name="创作").is_visible()
-    assert page.get_by_role("button", name="生成").is_visible()
-    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    expect(page.get_by_role("link", name="创作")).to_be_visible()
+    expect(page.get_by_role("button", name="生成")).to_be_visible()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
-    assert page.get_by_role("link", name="图库").is_visible()  # the choice is kept
+    expect(page.get_by_role("link", name="图库")).to_be_visible()  # the choice is kept
     page.get_by_role("link", name="图库").click()
-    assert page.get_by_label("只看收藏").is_visible()
+    expect(page.get_by_label("只看收藏")).to_be_visible()
     screenshot(page, "gallery-zh")
     page.get_by_label("语言").select_option("en")
-    assert page.get_by_role("link", name="Gallery").is_visible()
+    expect(page.get_by_role("link", name="Gallery")).to_be_visible()
 
 
 def test_a_tablet_width_needs_no_sideways_scrolling_and_keys_work(page) -> None:
@@ -230,7 +231,7 @@ def test_a_tablet_width_needs_no_sideways_scrolling_and_keys_work(page) -> None:
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     page.get_by_text("Advanced").focus()
     page.keyboard.press("Enter")  # a native <details>: the keyboard opens it
-    assert page.get_by_label("Negative prompt").is_visible()
+    expect(page.get_by_label("Negative prompt")).to_be_visible()
 
 
 def test_the_page_is_public_and_its_files_are_local(page, running_stack: RunningStack) -> None:
@@ -405,7 +406,7 @@ def test_the_prompt_builder_adds_weighted_tags_by_category(page) -> None:
     page.get_by_label("Light and quality · Weight").fill("1.2")
     page.get_by_label("Viewpoint", exact=True).fill("aerial view")
     expected = "a timber house, aerial view, (golden hour:1.2), (absurdres:1.2)"
-    assert page.locator("#builder-preview").text_content() == expected
+    expect(page.locator("#builder-preview")).to_have_text(expected)
     page.get_by_label("Prompt", exact=True).fill("on a hill")
     page.get_by_role("button", name="Add to prompt").click()
     assert page.get_by_label("Prompt", exact=True).input_value() == f"on a hill, {expected}"
@@ -503,7 +504,7 @@ def test_train_a_lora_from_uploaded_pictures_and_make_it_a_style(
     page.get_by_role("button", name="Start training").click()
     page.wait_for_selector("#training-view[data-state=succeeded]", timeout=80_000)
     assert page.locator("#training-samples img").count() >= 1
-    assert page.locator("#training-step").text_content() == "step 4 of 4"
+    expect(page.locator("#training-step")).to_have_text("step 4 of 4")
     page.get_by_label("Style name").fill(f"{name}-style")
     page.get_by_role("button", name="Save style").click()
     page.get_by_text(f"Style {name}-style saved").wait_for()
