@@ -19,12 +19,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient, TrainerClient
 from services.common.config import Settings, load_settings, settings_env
 from services.common.object_store import ObjectStore
+from services.common.sd.devices import pick_device, pick_dtype
 from services.generator.demo_model import DEMO_MODEL_NAME
+
+BFLOAT16_ROUNDING_LEVELS = 6
+"""Pixel levels (of 255) one seed's image may move in bfloat16 when only the batch around it
+changes: each rounding is 2⁻⁸ relative instead of float32's 2⁻²⁴ (3 to 4 measured on the
+tiny model)."""
 
 
 def stack_settings(data_dir: Path, tokenizer_dir: Path, **overrides: object) -> Settings:
@@ -47,6 +54,19 @@ class RunningStack:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=120)
+
+    @property
+    def generator_dtype(self) -> torch.dtype:
+        """The precision the generator picked for its weights on this machine."""
+        return pick_dtype(self.settings.precision, pick_device(self.settings.device))
+
+    def rounding_levels(self, float32_levels: int) -> int:
+        """How far (of 255 levels) a pixel may move when only the batch around an image
+        changes (CPU kernels round differently for other batch sizes): `float32_levels` in
+        float32, more in bfloat16, the generator's default on CPUs with AMX."""
+        if self.generator_dtype == torch.float32:
+            return float32_levels
+        return max(float32_levels, BFLOAT16_ROUNDING_LEVELS)
 
     def object_store(self) -> ObjectStore:
         s = self.settings

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default SQLite in data_dir.")
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Generator weights: auto = float16 on a GPU, bfloat16 on CPUs with AMX, "
+        "else float32.",
+    )
     install_demo_model: bool = Field(True, description="Install the tiny demo model if none.")
     default_checkpoint: str = Field("", description="Default checkpoint name; default: first.")
     model_cache_dir: Path | None = Field(None, description="Default data_dir/cache/models.")

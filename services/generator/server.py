@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
@@ -15,6 +14,7 @@ from services.common.grpc_server import GrpcServer, run_service
 from services.common.malloc_tuning import keep_freed_memory_for_reuse
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
+from services.common.sd.devices import pick_device, pick_dtype
 from services.common.sd.model_registry import ModelRegistry
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
@@ -26,14 +26,6 @@ from services.generator.renderer import Renderer
 from services.generator.servicer import GeneratorServicer
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("SDSTACK_DEVICE", "cuda was asked for but no CUDA device is available")
-    return torch.device(setting)
 
 
 def quiet_model_libraries() -> None:
@@ -48,6 +40,7 @@ def build(settings: Settings) -> GrpcServer:
     quiet_model_libraries()
     keep_freed_memory_for_reuse()
     device = pick_device(settings.device)
+    dtype = pick_dtype(settings.precision, device)
     tokenizer_dir = settings.resolved_clip_tokenizer_dir
     if not (tokenizer_dir / "vocab.json").exists():
         raise ConfigError(
@@ -63,7 +56,7 @@ def build(settings: Settings) -> GrpcServer:
         max_loaded=settings.model_cache_max_loaded,
         max_bytes=settings.model_cache_max_bytes or default_cache_bytes(device),
         device=device,
-        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        dtype=dtype,
     )
     renderer = Renderer(registry, cache)
     engine = Engine(
@@ -96,7 +89,7 @@ def build(settings: Settings) -> GrpcServer:
     server.on_shutdown(engine.stop)
     _warm_default_checkpoint(engine, cache, settings.default_checkpoint)
     server.set_serving(True)
-    log.info("generator ready on %s (device %s)", settings.target("generator"), device)
+    log.info("generator ready on %s (device %s, %s)", settings.target("generator"), device, dtype)
     return server
 
 

@@ -13,6 +13,7 @@ from services.common.gpu_metrics import register_gpu_metrics
 from services.common.grpc_server import GrpcServer, run_service
 from services.common.object_store import DATASETS_BUCKET
 from services.common.proto.sdstack.v1 import trainer_pb2_grpc
+from services.common.sd.devices import pick_device
 from services.common.sql import create_engine_for
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.trainer.datasets import DatasetStore
@@ -22,7 +23,6 @@ from services.trainer.runners import make_runner
 from services.trainer.servicer import TrainerServicer
 from services.trainer.tagger import TaggerStore
 from services.trainer.trainings import Trainings
-from services.trainer.worker import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def build(settings: Settings) -> GrpcServer:
         datasets,
         store,
         dispatcher,
-        local_device=choose_device(settings.device) if local else None,
+        local_device=pick_device(settings.device) if local else None,
     )
     taggers = TaggerStore(store, settings.data_dir / "cache" / "taggers")
     servicer = TrainerServicer(datasets, taggers, trainings)

@@ -34,6 +34,7 @@ from services.common.malloc_tuning import keep_freed_memory_for_reuse
 from services.common.object_store import DATASETS_BUCKET, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.devices import pick_device
 from services.common.sd.model_registry import ModelRegistry
 from services.common.sql import create_engine_for
 from services.common.wiring import connect_object_store
@@ -53,12 +54,6 @@ EXIT_OK, EXIT_LOST_PARENT = 0, 3
 
 def training_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "trainings" / job_id
-
-
-def choose_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 @dataclass
@@ -178,7 +173,7 @@ def run_job(settings: Settings, job_id: str, parent_pid: int | None = None) -> i
 def _train(context: JobContext) -> None:
     settings, jobs, job = context.settings, context.jobs, context.job
     config = job.config
-    device = choose_device(settings.device)
+    device = pick_device(settings.device)
     datasets = DatasetStore(
         context.store,
         max_pixels=settings.max_pixels,

@@ -282,9 +282,10 @@ def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
     for thread in threads:
         thread.join(120)
     assert _batched_jobs(running_stack) >= before + 2, "no two requests shared a U-Net pass"
+    tolerance = running_stack.rounding_levels(2)
     for (prompt, steps), (image,) in zip(prompts, together, strict=True):
         (alone,) = _run(generator, params={"prompt": prompt, "steps": steps})
-        assert np.abs(_pixels(image) - _pixels(alone)).max() <= 2, prompt
+        assert np.abs(_pixels(image) - _pixels(alone)).max() <= tolerance, prompt
     one, two, none = (_pixels(images[0]) for images in together)
     assert _mean_difference(one, none) > 1 and _mean_difference(two, one) > 1
 

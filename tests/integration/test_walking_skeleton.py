@@ -122,7 +122,7 @@ def test_a_seed_gives_the_same_image_whatever_the_batch(
     """Image i of a batch uses seed + i; alone with that seed it is the same picture.
 
     CPU kernels may round differently for another batch size, so pixels may differ by
-    one level of 255 at most.
+    one level of 255 at most in float32 (a few in bfloat16).
     """
     alone = {**SKELETON_REQUEST, "seed": 3, "batch_size": 1}
     with running_stack.http() as http:
@@ -131,7 +131,7 @@ def test_a_seed_gives_the_same_image_whatever_the_batch(
         single = http.get(response.json()["images"][0]["url"]).content
         third = http.get(first_generation["images"][2]["url"]).content
     difference = np.abs(_pixels(single).astype(int) - _pixels(third).astype(int))
-    assert difference.max() <= 1
+    assert difference.max() <= running_stack.rounding_levels(1)
 
 
 def test_objects_and_records_are_stored(

@@ -30,6 +30,7 @@ def test_defaults_are_the_spec_ports(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SDSTACK_GATEWAY_PORT", "not-a-port"),
         ("SDSTACK_GENERATOR_PORT", "70000"),
         ("SDSTACK_DEVICE", "tpu"),
+        ("SDSTACK_PRECISION", "half"),
         ("SDSTACK_QUEUE_SIZE", "0"),
         ("SDSTACK_S3_SECURE", "maybe"),
     ],
