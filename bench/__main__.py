@@ -15,10 +15,18 @@ import subprocess
 import sys
 import time
 
+# The generator's sections: the tiny model at two sizes, SD 1.5 in float32 and in bfloat16.
+GENERATOR_FULL = (
+    "--sizes 128 256 256 256 --steps 10 20 20 20 --archs tiny tiny sd15 sd15 "
+    "--precisions float32 float32 float32 bfloat16 --repeats 3"
+)
 # Full and quick arguments per benchmark. Only curves has its own --quick; the others get
 # small explicit settings.
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
-    "generator": ([], ["--sizes", "128", "--steps", "10", "--repeats", "2"]),
+    "generator": (
+        GENERATOR_FULL.split(),
+        ["--sizes", "128", "--steps", "10", "--repeats", "2"],
+    ),
     "gallery": ([], ["--sizes", "1000", "10000", "--repeats", "50"]),
     "trainer": ([], ["--steps", "10", "--images", "4"]),
     "curves": ([], ["--quick"]),

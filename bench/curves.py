@@ -221,6 +221,7 @@ def running_stack(folder: Path, tokenizer: Path, files: TinyModelFiles) -> Itera
         s3_endpoint="",
         log_level="WARNING",
         queue_size=64,
+        precision="float32",  # plain diffusers' default, which the curves compare against
         **free_port_settings(),
     )
     stack = Stack(settings)

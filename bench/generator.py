@@ -20,6 +20,9 @@ measures, each as a median with its spread:
 Each size runs on the project's tiny SD, or with `--archs … sd15` on the full SD 1.5
 architecture with random weights (speed does not depend on the weights' values); on the
 CPU an SD 1.5 image takes minutes, so that setting measures only the end to end rows.
+`--precisions` sets the weights' dtype per size, the service's (`SDSTACK_PRECISION`) and
+plain diffusers' alike; below float32 the end to end rows add plain diffusers in float32,
+its default, to show what the lower precision gives.
 
 Both sides of each comparison are measured in the same minutes, alternately (A B, B A, …)
 after warm-ups of both, with the whole stack up: a machine that gets busier or quieter
@@ -53,6 +56,7 @@ from services.common.config import load_settings
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.common.sd.checkpoint_layout import save_single_file
 from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.devices import DTYPES
 from services.common.sd.sd_configs import SD15
 from services.generator.loras import make_kohya_lora
 from services.generator.modes import initial_noise
@@ -120,6 +124,7 @@ class Bench:
             s3_endpoint="",
             log_level="WARNING",
             queue_size=64,
+            precision=args.precision,
             **free_port_settings(),
         )
         self.stack = Stack(settings)
@@ -141,11 +146,13 @@ class Bench:
         values = {**self.settings_of_one_image(), **params}
         return generator_pb2.GenerateRequest(params=common_pb2.GenerationParams(**values))
 
-    def plain_pipeline(self) -> StableDiffusionPipeline:
+    def plain_pipeline(self, precision: str | None = None) -> StableDiffusionPipeline:
+        """Plain diffusers on the benchmark's checkpoint, at the run's precision unless told."""
         pipe = load_pipeline(
             self.files.single_file,
             config_root=self.folder / "configs",
             tokenizer_dir=self.tokenizer,
+            dtype=DTYPES[precision or self.args.precision],
         )
         pipe.set_progress_bar_config(disable=True)
         # the same sampler as the service's requests (A1111 "Euler a"); the checkpoint's own
@@ -165,7 +172,7 @@ class Bench:
                 width=size,
                 height=size,
                 num_inference_steps=steps,
-                latents=noise,
+                latents=noise.to(pipe.unet.dtype),
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             )
 
@@ -173,17 +180,19 @@ class Bench:
 
     def end_to_end(
         self, client: GeneratorClient, http: httpx.Client, pipe: StableDiffusionPipeline
-    ) -> tuple[list[float], list[float], list[float]]:
-        """(plain diffusers, the generator over gRPC, the gateway over HTTP), one image each."""
-        service = lambda: client.generate_images(self.request())  # noqa: E731
+    ) -> dict[str, list[float]]:
+        """Times of one image: plain diffusers, the generator over gRPC, the gateway over
+        HTTP, and below float32 plain diffusers in float32 as well."""
+        runs = {
+            "plain": self.plain_run(pipe),
+            "grpc": lambda: client.generate_images(self.request()),
+            "gateway": lambda: self.through_gateway(http),
+        }
+        if self.args.precision != "float32":
+            runs["plain float32"] = self.plain_run(self.plain_pipeline("float32"))
         warm_ups = 1 if self.args.arch == "sd15" else WARM_UPS  # minutes an image on a CPU
-        return alternated(
-            self.plain_run(pipe),
-            service,
-            lambda: self.through_gateway(http),
-            repeats=self.args.repeats,
-            warm_ups=warm_ups,
-        )
+        times = alternated(*runs.values(), repeats=self.args.repeats, warm_ups=warm_ups)
+        return dict(zip(runs, times, strict=True))
 
     def through_gateway(self, http: httpx.Client) -> bytes:
         """What a web client does: ask for the image, then fetch the stored PNG."""
@@ -280,9 +289,9 @@ class Bench:
                     kind=common_pb2.MODEL_KIND_CHECKPOINT,
                     file_format="safetensors",
                 )
-                plain, service, gateway_times = self.end_to_end(client, http, pipe)
+                one_image = self.end_to_end(client, http, pipe)
                 if self.args.arch == "sd15":
-                    return self.report_end_to_end(plain, service, gateway_times)
+                    return self.section(self.end_to_end_rows(one_image))
                 same = [self.request(seed=100 + i) for i in range(8)]
                 batching = {
                     "8 requests alike but for their seeds": self.batching(client, same),
@@ -296,7 +305,7 @@ class Bench:
         finally:
             self.stack.stop()
         rows = [
-            *self.end_to_end_rows(plain, service, gateway_times),
+            *self.end_to_end_rows(one_image),
             *self.other_rows(batching, ceiling, keep, switch, cold, warm),
         ]
         return self.section(rows)
@@ -315,20 +324,28 @@ class Bench:
             for i in range(8)
         ]
 
-    def report_end_to_end(self, plain, service, gateway) -> str:
-        return self.section(self.end_to_end_rows(plain, service, gateway))
-
-    def end_to_end_rows(self, plain, service, gateway) -> list[str]:
+    def end_to_end_rows(self, one_image: dict[str, list[float]]) -> list[str]:
         median = statistics.median
+        plain, service, gateway = one_image["plain"], one_image["grpc"], one_image["gateway"]
         grpc_ratio = median(service) / median(plain)
         gateway_ratio = median(gateway) / median(plain)
-        return [
+        precision = self.args.precision
+        rows = [
             f"| one image, gRPC end to end vs plain diffusers in-process | {spread(service)} "
             f"| {spread(plain)} | {grpc_ratio:.3f}× | ≤ 1.05× {_verdict(grpc_ratio <= 1.05)} |",
             "| one image through the gateway (HTTP, stored in the gallery, PNG fetched) vs "
             f"plain diffusers in-process | {spread(gateway)} | {spread(plain)} "
             f"| {gateway_ratio:.3f}× | ≤ 1.03× {_verdict(gateway_ratio <= 1.03)} |",
         ]
+        if "plain float32" in one_image:
+            reference = one_image["plain float32"]
+            gain = median(reference) / median(gateway)
+            rows.append(
+                f"| one image through the gateway in {precision} vs plain diffusers in float32 "
+                f"(its default) | {spread(gateway)} | {spread(reference)} | {gain:.2f}× faster "
+                f"| ≥ 1× {_verdict(gain >= 1)} |"
+            )
+        return rows
 
     def other_rows(self, batching, ceiling, keep, switch, cold, warm) -> list[str]:
         median = statistics.median
@@ -353,6 +370,7 @@ class Bench:
     def section(self, rows: list[str]) -> str:
         a = self.args
         model = " on the SD 1.5 architecture" if a.arch == "sd15" else ""
+        model += f", {a.precision}" if a.precision != "float32" else ""
         warm_ups = 1 if a.arch == "sd15" else WARM_UPS
         return "\n".join(
             [
@@ -416,13 +434,21 @@ def main() -> None:
         choices=("tiny", "sd15"),
         help="model per size: tiny (default) or sd15 (end to end rows only)",
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights' dtype per size, service and plain diffusers alike (default float32)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokenizer", default=".data/clip/tokenizer")
     args = parser.parse_args()
     parts = [HEADER.format(command=" ".join(["python -m bench.generator", *sys.argv[1:]]))]
     archs = args.archs or ["tiny"] * len(args.sizes)
-    for size, steps, arch in zip(args.sizes, args.steps, archs, strict=True):
-        run = argparse.Namespace(**{**vars(args), "size": size, "steps": steps, "arch": arch})
+    precisions = args.precisions or ["float32"] * len(args.sizes)
+    for size, steps, arch, precision in zip(args.sizes, args.steps, archs, precisions, strict=True):
+        per_size = {"size": size, "steps": steps, "arch": arch, "precision": precision}
+        run = argparse.Namespace(**{**vars(args), **per_size})
         with tempfile.TemporaryDirectory(prefix="sdstack-bench-") as folder:
             parts.append(Bench(run, Path(folder)).run())
     section = "\n".join(parts)

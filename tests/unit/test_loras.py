@@ -399,6 +399,9 @@ def test_per_row_gives_each_row_its_own_weighted_loras(
     for i, expected in enumerate(alone):
         torch.testing.assert_close(together[2 * i : 2 * i + 2], expected, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(alone[0], alone[2], atol=1e-3), "the LoRAs changed nothing"
+    adapters.apply(list(jobs[0]))  # the mixed pass disabled the adapters: enabled again
+    again = pipe.unet(sample[:2], timestep, embeds[:2], return_dict=False)[0]
+    torch.testing.assert_close(again, alone[0], rtol=0, atol=0)
     adapters.apply([])
     base = pipe.unet(sample[4:], timestep, embeds[4:], return_dict=False)[0]
     torch.testing.assert_close(base, alone[2], rtol=0, atol=0)
