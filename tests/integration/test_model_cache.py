@@ -88,3 +88,18 @@ def test_one_pipeline_over_budget_is_still_kept(
     cache = _cache(registry, tmp_path, clip_tokenizer_dir, max_loaded=8, max_bytes=1)
     pipe = cache.pipeline(_checkpoint(registry, "cache-a"))
     assert cache.pipeline(_checkpoint(registry, "cache-a")) is pipe
+
+
+def test_a_name_stored_in_two_formats_finds_its_safetensors_file(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """A `.ckpt` put beside a `.safetensors` of the same name (a manual copy into the bucket)
+    does not shadow it: generation uses the safe format."""
+    model = _checkpoint(registry, "cache-a")
+    pickle = tmp_path / "cache-a.ckpt"
+    torch.save({"state_dict": {}}, pickle)
+    registry.store.put_file(MODELS_BUCKET, model.key.replace(".safetensors", ".ckpt"), pickle)
+    try:
+        assert _checkpoint(registry, "cache-a") == model
+    finally:
+        registry.store.delete(MODELS_BUCKET, model.key.replace(".safetensors", ".ckpt"))

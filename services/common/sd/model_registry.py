@@ -136,9 +136,11 @@ class ModelRegistry:
         return sorted(models, key=lambda m: (m.kind, m.name.lower()))
 
     def find(self, kind: Kind, name: str) -> StoredModel:
+        """The model stored under `name`; its safetensors file first (the common case, so
+        one lookup in the store, and the safe format where a name has several)."""
         _, prefix = _PLACES[check_kind(kind)]
         if _NAME.match(name):
-            for file_format in sorted(FORMATS[kind]):
+            for file_format in sorted(FORMATS[kind], key=lambda f: (f != "safetensors", f)):
                 try:
                     model = self._from_key(kind, f"{prefix}{name}.{file_format}")
                 except NotFound:
