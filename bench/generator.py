@@ -237,7 +237,8 @@ class Bench:
     def batch_repeats(self) -> int:
         return max(2, self.args.repeats // 2)
 
-    def lora_switching(self, client: GeneratorClient) -> tuple[list[float], list[float]]:
+    def import_loras(self, client: GeneratorClient) -> None:
+        """Two LoRAs for the checkpoint, `bench-a` and `bench-b`, imported into the store."""
         pipe = StableDiffusionPipeline.from_pretrained(
             self.files.diffusers_dir, local_files_only=True
         )
@@ -246,6 +247,8 @@ class Bench:
             client.import_model(
                 path, name=name, kind=common_pb2.MODEL_KIND_LORA, file_format="safetensors"
             )
+
+    def lora_switching(self, client: GeneratorClient) -> tuple[list[float], list[float]]:
         same = self.request(prompt=f"{PROMPT} <lora:bench-a:1>")
         other = self.request(prompt=f"{PROMPT} <lora:bench-b:1>")
         flip = [same, other]
@@ -292,11 +295,15 @@ class Bench:
                 one_image = self.end_to_end(client, http, pipe)
                 if self.args.arch == "sd15":
                     return self.section(self.end_to_end_rows(one_image))
+                self.import_loras(client)
                 same = [self.request(seed=100 + i) for i in range(8)]
                 batching = {
                     "8 requests alike but for their seeds": self.batching(client, same),
                     "8 mixed requests (prompts, steps ±25%, CFG)": self.batching(
                         client, self.mixed_requests()
+                    ),
+                    "8 mixed requests as above, with 2 LoRAs or none": self.batching(
+                        client, self.mixed_requests(loras=True)
                     ),
                 }
                 ceiling = self.batching_ceiling(pipe)
@@ -310,14 +317,16 @@ class Bench:
         ]
         return self.section(rows)
 
-    def mixed_requests(self) -> list[generator_pb2.GenerateRequest]:
+    def mixed_requests(self, loras: bool = False) -> list[generator_pb2.GenerateRequest]:
         """Eight requests that share only checkpoint and size: they join and leave each
-        other's U-Net passes at different steps."""
+        other's U-Net passes at different steps. With `loras`, a third use `bench-a`, a third
+        `bench-b`, the rest none: each row of a shared pass gets its own LoRA."""
         steps = self.args.steps
+        tags = ("<lora:bench-a:0.8>", "<lora:bench-b:1>", "") if loras else ("",)
         return [
             self.request(
                 seed=200 + i,
-                prompt=f"{PROMPT}, variant {i}",
+                prompt=f"{PROMPT}, variant {i} {tags[i // 2 % len(tags)]}".rstrip(),
                 steps=max(1, round(steps * (0.75, 1.0, 1.25)[i % 3])),
                 cfg_scale=(7.0, 5.0)[i % 2],
             )
