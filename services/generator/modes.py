@@ -243,6 +243,14 @@ def _step_generators(seeds: Sequence[int], shape: tuple[int, ...]) -> list[torch
 # --- the denoising loop --------------------------------------------------------------------
 
 
+def _placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype `model` computes in, read from its first weight. diffusers'
+    `pipe._execution_device` and `ModelMixin.dtype` walk every module instead: 6 ms a job
+    together, 4% of a 128² image on the tiny model (no offloading here, so no hook to find)."""
+    weight = next(model.parameters())
+    return weight.device, weight.dtype
+
+
 @torch.no_grad()
 def _denoise(
     pipe: StableDiffusionPipeline,
@@ -251,7 +259,7 @@ def _denoise(
     start: _Start | None = None,
 ) -> torch.Tensor:
     """Sample latents [n, C, H, W] for the batch; see the module docstring."""
-    device, dtype = pipe._execution_device, pipe.unet.dtype
+    device, dtype = _placement(pipe.unet)
     start = (start or _Start()).to(device, dtype)
     scheduler = s.scheduler_factory()
     timesteps = _timesteps(scheduler, s.steps, start, device)
@@ -312,7 +320,7 @@ def _conditioning(
 ) -> _Conditioning:
     """Embeddings per step (negative first when guided) and any 9-channel extra input,
     per image."""
-    device, dtype = pipe._execution_device, pipe.unet.dtype
+    device, dtype = _placement(pipe.unet)
     parts, negative = _prompt_parts(s.prompt_embeds), _as_schedule(s.negative_embeds)
     weights = tuple(weight for weight, _ in parts)
     guided = s.cfg_scale > 1 or len(parts) > 1
@@ -426,7 +434,7 @@ def _pixels(image: Image.Image) -> torch.Tensor:
 @torch.no_grad()
 def _encode_pixels(pipe: StableDiffusionPipeline, pixels: torch.Tensor) -> torch.Tensor:
     vae = pipe.vae
-    pixels = pixels.to(device=pipe._execution_device, dtype=vae.dtype)
+    pixels = pixels.to(*_placement(vae))
     return vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
 
 
@@ -437,7 +445,8 @@ def _encode(pipe: StableDiffusionPipeline, image: Image.Image) -> torch.Tensor:
 @torch.no_grad()
 def _decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
     vae = pipe.vae
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    _, dtype = _placement(vae)
+    pixels = vae.decode(latents.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
     return [image.convert("RGB") for image in pipe.image_processor.postprocess(pixels, "pil")]
 
 
