@@ -103,3 +103,28 @@ def test_a_name_stored_in_two_formats_finds_its_safetensors_file(
         assert _checkpoint(registry, "cache-a") == model
     finally:
         registry.store.delete(MODELS_BUCKET, model.key.replace(".safetensors", ".ckpt"))
+
+
+def test_overwriting_a_model_in_another_format_replaces_it(
+    registry: ModelRegistry, tmp_path: Path, clip_tokenizer_dir: Path
+) -> None:
+    """One name, one model: an overwrite as `.ckpt` takes effect, and so does the way back."""
+    files = save_tiny_model(tmp_path / "model", clip_tokenizer_dir, seed=5)
+    pickle = tmp_path / "replacement.ckpt"
+    torch.save({"state_dict": {}}, pickle)
+    kind = common_pb2.MODEL_KIND_CHECKPOINT
+    first = registry.import_file(
+        files.single_file, name="cache-swap", kind=kind, file_format="safetensors"
+    )
+    swapped = registry.import_file(
+        pickle, name="cache-swap", kind=kind, file_format="ckpt", overwrite=True
+    )
+    assert _checkpoint(registry, "cache-swap") == swapped
+    assert not registry.store.exists(MODELS_BUCKET, first.key)
+    back = registry.import_file(
+        files.single_file, name="cache-swap", kind=kind, file_format="safetensors", overwrite=True
+    )
+    assert _checkpoint(registry, "cache-swap") == back
+    assert not registry.store.exists(MODELS_BUCKET, swapped.key)
+    assert registry.delete(kind, "cache-swap")
+    assert not registry.delete(kind, "cache-swap")  # nothing of it left

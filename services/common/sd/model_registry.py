@@ -173,6 +173,7 @@ class ModelRegistry:
             validate(path, kind, file_format)
         bucket, prefix = _PLACES[kind]
         self.store.put_file(bucket, f"{prefix}{name}.{file_format}", path)
+        self._drop_other_formats(kind, name, keep=file_format)
         return self.find(kind, name)
 
     def _import_folder(self, archive: Path, name: str, validate: Validator | None) -> StoredModel:
@@ -205,6 +206,7 @@ class ModelRegistry:
             content_type="application/json",
         )
         self._delete_folder_files(name, keep=folder_prefix)
+        self._drop_other_formats(kind, name, keep=DIFFUSERS)
         return self.find(kind, name)
 
     def local_copy(self, model: StoredModel, files_dir: Path) -> tuple[Path, bool]:
@@ -232,6 +234,14 @@ class ModelRegistry:
             staging.rename(dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _drop_other_formats(self, kind: Kind, name: str, keep: str) -> None:
+        """After an overwrite in another format the old file goes: one name, one model."""
+        bucket, prefix = _PLACES[kind]
+        for file_format in FORMATS[kind] - {keep}:
+            self.store.delete(bucket, f"{prefix}{name}.{file_format}")
+        if DIFFUSERS in FORMATS[kind] and keep != DIFFUSERS:
+            self._delete_folder_files(name)
 
     def _delete_folder_files(self, name: str, keep: str = "") -> None:
         """Removes the files of a folder model's other versions (all of them by default)."""
