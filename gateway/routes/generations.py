@@ -187,7 +187,7 @@ class GenerationCreate(Strict):
     n_iter: int = Field(1, ge=1, le=16)
     clip_skip: int = Field(1, ge=1, le=12)
     eta: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-    tiling: bool = False
+    tiling: bool = Field(False, description="An image that tiles seamlessly (A1111 Tiling).")
     image: ImageIn | None = Field(None, description="Source image of every mode but txt2img.")
     mask: ImageIn | None = Field(None, description="inpaint: white = repaint, black = keep.")
     img2img: Img2ImgIn = Field(default_factory=Img2ImgIn)

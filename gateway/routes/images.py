@@ -46,6 +46,7 @@ class ParamsOut(BaseModel):
     height: int
     seed: int
     clip_skip: int
+    tiling: bool
 
 
 class ImageOut(BaseModel):
@@ -118,6 +119,7 @@ class ImageOut(BaseModel):
                 height=p.height,
                 seed=p.seed,
                 clip_skip=p.clip_skip or 1,
+                tiling=p.tiling,
             ),
         )
 

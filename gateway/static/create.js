@@ -196,6 +196,7 @@ function formBody() {
     height: numberOf("height"),
     seed: locked ? numberOf("seed") : -1,
     batch_size: numberOf("batch"),
+    tiling: field("tiling").checked,
     styles: [...selectedStyles],
   };
 }

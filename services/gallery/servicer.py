@@ -48,6 +48,7 @@ def _params(row: ImageRow) -> common_pb2.GenerationParams:
         value = str(extra.get(key, ""))
         if value.isdigit():
             setattr(params, name, int(value))
+    params.tiling = str(extra.get("Tiling", "")) == "True"
     strength = str(extra.get("Variation seed strength", ""))
     if strength.replace(".", "", 1).isdigit():
         params.subseed_strength = float(strength)

@@ -99,8 +99,8 @@ class Params:
     n_iter: int
     clip_skip: int
     eta: float | None = None
+    tiling: bool = False  # A1111 "Tiling": the image tiles seamlessly
     original_prompt: str = ""  # as the user wrote it, for the infotext
-    explicit_seeds: tuple[int, ...] = ()  # set when identical requests are batched together
 
     @property
     def image_count(self) -> int:
@@ -108,8 +108,6 @@ class Params:
 
     def seeds(self) -> list[int]:
         """A1111: image i of the job gets seed + i (variation seeds likewise)."""
-        if self.explicit_seeds:
-            return list(self.explicit_seeds)
         return [self.seed + i for i in range(self.image_count)]
 
     def subseeds(self) -> list[int]:
@@ -319,6 +317,7 @@ def _params(
         n_iter=n_iter,
         clip_skip=clip_skip,
         eta=_f32(p.eta) if p.HasField("eta") else None,
+        tiling=p.tiling,
         original_prompt=p.prompt,
     )
 

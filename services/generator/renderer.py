@@ -25,6 +25,7 @@ from services.generator.loras import LoraPlan, LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
 from services.generator.samplers import make_scheduler, resolve_sampler
+from services.generator.seamless import set_seamless
 from services.generator.step_batching import JobTurn
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import load_vae
@@ -84,11 +85,13 @@ class Renderer:
         loras = self._lora_plan(model, resolved)
         loras.activate()
         pipe = self._with_vae(base, resolved.vae)
+        _use_seamless(pipe, job.params.tiling)
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
         whole_job = self._sampling(pipe, job, counter, on_preview)
         if turn is not None:
-            turn.loras = loras
+            turn.loras, turn.seamless = loras, job.params.tiling
+            turn.on_resume = lambda: _use_seamless(pipe, job.params.tiling)
             whole_job = replace(whole_job, run_unet=turn.run_unet)
         for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
             sampling = _batch(whole_job, job, batch)
@@ -331,6 +334,12 @@ class _StepCounter:
         self.report(self.done, self.total)
 
 
+def _use_seamless(pipe: StableDiffusionPipeline, enabled: bool) -> None:
+    """A1111 "Tiling" on the job's U-Net and VAE, or plain padding (they are shared)."""
+    set_seamless(pipe.unet, enabled)
+    set_seamless(pipe.vae, enabled)
+
+
 def _scheduler_factory(pipe: StableDiffusionPipeline, sampler: str, schedule_type: str):
     config = dict(pipe.scheduler.config)
     chosen = resolve_sampler(sampler)
@@ -375,6 +384,7 @@ def infotext_for(
         "Variation seed strength": p.subseed_strength or None,
         "Denoising strength": strength,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "Tiling": True if p.tiling else None,
         "RNG": "CPU",
         "Mask blur": _mask_blur_label(job.inpaint),
         "Hires upscale": hires.scale if hires else None,

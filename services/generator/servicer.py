@@ -119,6 +119,7 @@ def _used_params(finished: Finished, image: RenderedImage) -> common_pb2.Generat
         n_iter=p.n_iter,
         clip_skip=p.clip_skip,
         eta=p.eta,
+        tiling=p.tiling,
     )
 
 

@@ -17,7 +17,9 @@ within floating-point tolerance.
 
 Jobs with different LoRAs share passes too: each job's rows get its own weighted LoRAs
 (`LoraAdapters.per_row`); a job activates its own LoRAs again before it uses its text
-encoder. Everything a job does outside the U-Net (text encoding, scheduler
+encoder. Seamless-tiling jobs (circular padding) share passes only with each other, and a job
+puts its padding back on the shared U-Net and VAE each time it gets its turn (`on_resume`).
+Everything a job does outside the U-Net (text encoding, scheduler
 steps, VAE, PNG) happens while it holds the turn, so no two jobs ever touch the shared
 pipeline at once.
 """
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from services.generator.loras import LoraPlan
+from services.generator.seamless import set_seamless
 
 UnetRunner = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(unet, latent input, timestep, prompt embeddings) → the U-Net's output for those rows."""
@@ -56,6 +59,7 @@ class _Pass:
     timestep: torch.Tensor
     embeds: torch.Tensor
     loras: LoraPlan | None
+    seamless: bool = False
     output: torch.Tensor | None = None
     error: Exception | None = None
     done: bool = False
@@ -65,7 +69,8 @@ class _Pass:
     def group(self) -> tuple:
         """Passes with equal groups can run as one U-Net batch."""
         s, e = self.sample, self.embeds
-        return (id(self.unet), tuple(s.shape[1:]), tuple(e.shape[1:]), s.dtype, s.device)
+        shapes = (tuple(s.shape[1:]), tuple(e.shape[1:]))
+        return (id(self.unet), *shapes, s.dtype, s.device, self.seamless)
 
 
 class JobTurn:
@@ -77,14 +82,21 @@ class JobTurn:
         """U-Net passes of this job that ran batched with other jobs' passes."""
         self.loras: LoraPlan | None = None
         """The job's LoRAs, once its pipeline is known: each of its passes runs with them."""
+        self.seamless = False
+        """Whether the job's passes run with circular padding (A1111 "Tiling")."""
+        self.on_resume: Callable[[], None] | None = None
+        """Called each time the job gets its turn back after a pass: other jobs have used the
+        shared pipeline meanwhile, so the job puts back what it set on it."""
 
     def run_unet(
         self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
     ) -> torch.Tensor:
         """Parks this pass, lets the other jobs go on, and returns once its batch has run."""
         parked = self._batcher.park(
-            _Pass(threading.get_ident(), unet, sample, timestep, embeds, self.loras)
+            _Pass(threading.get_ident(), unet, sample, timestep, embeds, self.loras, self.seamless)
         )
+        if self.on_resume is not None:
+            self.on_resume()
         self.shared_passes += parked.shared
         assert parked.output is not None
         return parked.output
@@ -171,6 +183,7 @@ def _run_batch(batch: list[_Pass]) -> None:
 def _run_group(group: list[_Pass]) -> None:
     """One U-Net call for the group: its LoRAs activated when every job uses the same ones,
     mixed per row when they differ (or one call per LoRA mix where they cannot be mixed)."""
+    set_seamless(group[0].unet, group[0].seamless)
     mixes = {_mix(parked) for parked in group}
     if len(mixes) == 1:
         if group[0].loras is not None:

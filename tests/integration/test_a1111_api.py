@@ -99,6 +99,13 @@ def test_images_are_saved_to_the_gallery_unless_told_not_to(
     assert quiet.json()["images"] == []
 
 
+def test_tiling_is_written_in_the_infotext(http: httpx.Client) -> None:
+    body = {**TXT2IMG, "batch_size": 1, "tiling": True, "save_images": False}
+    response = http.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    assert "Tiling: True" in json.loads(response.json()["info"])["infotexts"][0]
+
+
 def test_img2img_with_a_mask_inpaints(http: httpx.Client, txt2img: dict) -> None:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))

@@ -87,7 +87,7 @@ def test_create_stores_png_thumbnail_and_record_with_parsed_parameters(
         "a villa, <lora:archi:0.8>",
         seed=42,
         size=(640, 320),
-        **{"Lora hashes": "archi: 0123456789", "Clip skip": 2},
+        **{"Lora hashes": "archi: 0123456789", "Clip skip": 2, "Tiling": True},
     )
     image = create(gallery, png=png, request_id="req-1", tags=["villa"])
 
@@ -111,7 +111,7 @@ def test_create_stores_png_thumbnail_and_record_with_parsed_parameters(
         ("archi", pytest.approx(0.8), "0123456789")
     ]
     assert (got.request_id, list(got.tags), got.size_bytes) == ("req-1", ["villa"], len(png))
-    assert got.params.prompt == got.prompt and got.params.clip_skip == 2
+    assert got.params.prompt == got.prompt and got.params.clip_skip == 2 and got.params.tiling
     assert got.params.seed == 42 and got.params.width == 640
 
     content_type, chunks = gallery.client.image_file(ALICE, image.id)

@@ -81,6 +81,13 @@ def test_modes_from_a_gallery_image_record_their_parent(
         assert np.abs(_pixels(made) - _pixels(original)).mean() > 1, "the picture did not change"
 
 
+def test_seamless_tiling_is_kept_with_the_stored_image(http: httpx.Client) -> None:
+    (image,) = _generate(http, tiling=True)["images"]
+    assert image["params"]["tiling"] is True and "Tiling: True" in image["infotext"]
+    again = http.get(f"/v1/images/{image['id']}").json()
+    assert again["params"]["tiling"] is True
+
+
 def test_inpaint_with_inline_images_keeps_what_the_mask_keeps(
     http: httpx.Client, source: dict
 ) -> None:

@@ -290,6 +290,33 @@ def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
     assert _mean_difference(one, none) > 1 and _mean_difference(two, one) > 1
 
 
+def test_seamless_tiling_is_used_recorded_and_kept_to_its_own_job(
+    running_stack: RunningStack, generator: GeneratorClient
+) -> None:
+    """A tiling request and a plain one in flight together: the shared U-Net and VAE switch
+    padding for each job's turn, so each makes the picture it makes alone."""
+    asked = [{"tiling": True, "steps": 8}, {"tiling": False, "steps": 8}]
+    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in asked]
+
+    def run(i: int) -> None:
+        together[i] = _run(generator, params=asked[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    (tiled,), (plain,) = together
+    assert tiled.params.tiling and not plain.params.tiling
+    assert parse_infotext(tiled.infotext).params["Tiling"] == "True"
+    assert "Tiling" not in parse_infotext(plain.infotext).params
+    assert _mean_difference(_pixels(tiled), _pixels(plain)) > 1
+    tolerance = running_stack.rounding_levels(2)
+    for params, (image,) in zip(asked, together, strict=True):
+        (alone,) = _run(generator, params=params)
+        assert np.abs(_pixels(image) - _pixels(alone)).max() <= tolerance, params
+
+
 def test_vae_choice_changes_the_picture_and_is_recorded(
     generator: GeneratorClient,
     imported: dict[str, common_pb2.ModelInfo],

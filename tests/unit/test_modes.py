@@ -29,6 +29,7 @@ from services.common.errors import InvalidArgument
 from services.generator import modes
 from services.generator.modes import Sampling
 from services.generator.samplers import SAMPLERS, make_scheduler
+from services.generator.seamless import set_seamless
 
 SIZE = 64
 NEEDS_SCIPY = {"LMS", "LMS Karras"}  # diffusers' LMSDiscreteScheduler imports scipy
@@ -168,6 +169,36 @@ def test_txt2img_batch_image_equals_its_seed_alone(
     batch = modes.txt2img(pipe, make([10, 11], sampler=ancestral), SIZE, SIZE)
     alone = modes.txt2img(pipe, make([11], sampler=ancestral), SIZE, SIZE)
     assert np.abs(_array(batch[1]) - _array(alone[0])).max() <= 2
+
+
+def test_seamless_tiling_makes_the_unet_and_vae_wrap_around(
+    pipe: StableDiffusionPipeline, embeds: tuple
+) -> None:
+    """A1111 "Tiling": with circular padding, shifting the latents shifts the U-Net's output
+    and the decoded picture the same way, across the edges, so nothing marks a seam; with
+    plain padding the edges differ. The U-Net shifts by whole multiples of its downsampling."""
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    step = 2 ** (len(pipe.unet.down_blocks) - 1)
+
+    def wrap_errors() -> tuple[float, float]:
+        with torch.no_grad():
+            rolled_in = pipe.unet(torch.roll(latents, (step, 2 * step), (2, 3)), 500, embeds[0])
+            rolled_out = torch.roll(
+                pipe.unet(latents, 500, embeds[0]).sample, (step, 2 * step), (2, 3)
+            )
+            decoded_in = pipe.vae.decode(torch.roll(latents, (3, 5), (2, 3))).sample
+            decoded_out = torch.roll(pipe.vae.decode(latents).sample, (24, 40), (2, 3))
+        unet = (rolled_in.sample - rolled_out).abs().max().item()
+        return unet, (decoded_in - decoded_out).abs().max().item()
+
+    try:
+        set_seamless(pipe.unet, True)
+        set_seamless(pipe.vae, True)
+        assert max(wrap_errors()) < 1e-4
+    finally:
+        set_seamless(pipe.unet, False)
+        set_seamless(pipe.vae, False)
+    assert min(wrap_errors()) > 0.1
 
 
 def test_txt2img_matches_diffusers_given_the_same_noise(
