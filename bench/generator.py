@@ -15,7 +15,9 @@ measures, each as a median with its spread:
    beside them, what batching can give on this machine at all: plain diffusers making the
    8 images in one batch vs one after another;
 3. LoRA switching: alternating two LoRAs between requests vs keeping one (goal ≤ 5%);
-4. model load: the first request on a checkpoint not yet loaded vs a cached one.
+4. model load: the first request on a checkpoint not yet loaded vs a cached one;
+5. DeepCache, a user's choice: one image over gRPC with `deep_cache_interval` 3 vs without,
+   and how far its pixels move (mean of 255 levels).
 
 Each size runs on the project's tiny SD, or with `--archs … sd15` on the full SD 1.5
 architecture with random weights (speed does not depend on the weights' values); on the
@@ -35,6 +37,7 @@ Results are written into bench/RESULTS.md (section "Generator"), with the machin
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import statistics
 import sys
@@ -47,8 +50,10 @@ from pathlib import Path
 
 import diffusers
 import httpx
+import numpy as np
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from PIL import Image
 
 from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
@@ -78,6 +83,7 @@ PROMPT = "a timber pavilion by a lake, morning light"
 
 
 WARM_UPS = 2
+DEEP_CACHE_INTERVAL = 3
 
 
 def timed(run: Callable[[], object], repeats: int) -> list[float]:
@@ -187,6 +193,9 @@ class Bench:
             "plain": self.plain_run(pipe),
             "grpc": lambda: client.generate_images(self.request()),
             "gateway": lambda: self.through_gateway(http),
+            "deep cache": lambda: client.generate_images(
+                self.request(deep_cache_interval=DEEP_CACHE_INTERVAL)
+            ),
         }
         if self.args.precision != "float32":
             runs["plain float32"] = self.plain_run(self.plain_pipeline("float32"))
@@ -293,8 +302,9 @@ class Bench:
                     file_format="safetensors",
                 )
                 one_image = self.end_to_end(client, http, pipe)
+                moved = self.pixels_moved_by_deep_cache(client)
                 if self.args.arch == "sd15":
-                    return self.section(self.end_to_end_rows(one_image))
+                    return self.section(self.end_to_end_rows(one_image, moved))
                 self.import_loras(client)
                 same = [self.request(seed=100 + i) for i in range(8)]
                 batching = {
@@ -312,7 +322,7 @@ class Bench:
         finally:
             self.stack.stop()
         rows = [
-            *self.end_to_end_rows(one_image),
+            *self.end_to_end_rows(one_image, moved),
             *self.other_rows(batching, ceiling, keep, switch, cold, warm),
         ]
         return self.section(rows)
@@ -333,7 +343,16 @@ class Bench:
             for i in range(8)
         ]
 
-    def end_to_end_rows(self, one_image: dict[str, list[float]]) -> list[str]:
+    def pixels_moved_by_deep_cache(self, client: GeneratorClient) -> float:
+        """Mean change (of 255 levels) DeepCache makes to the benchmark's image."""
+        pictures = [
+            np.asarray(Image.open(io.BytesIO(image.png)).convert("RGB"), dtype=np.float32)
+            for interval in (0, DEEP_CACHE_INTERVAL)
+            for image in client.generate_images(self.request(deep_cache_interval=interval))
+        ]
+        return float(np.abs(pictures[0] - pictures[1]).mean())
+
+    def end_to_end_rows(self, one_image: dict[str, list[float]], moved: float) -> list[str]:
         median = statistics.median
         plain, service, gateway = one_image["plain"], one_image["grpc"], one_image["gateway"]
         grpc_ratio = median(service) / median(plain)
@@ -346,6 +365,13 @@ class Bench:
             f"plain diffusers in-process | {spread(gateway)} | {spread(plain)} "
             f"| {gateway_ratio:.3f}× | ≤ 1.03× {_verdict(gateway_ratio <= 1.03)} |",
         ]
+        cached = one_image["deep cache"]
+        rows.append(
+            f"| one image with DeepCache (interval {DEEP_CACHE_INTERVAL}) vs without, gRPC "
+            f"| {spread(cached)} | {spread(service)} | {median(service) / median(cached):.2f}× "
+            f"faster | (a user's choice; pixels move {moved:.1f} of 255 on "
+            "average) |"
+        )
         if "plain float32" in one_image:
             reference = one_image["plain float32"]
             gain = median(reference) / median(gateway)

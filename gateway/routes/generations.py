@@ -188,6 +188,13 @@ class GenerationCreate(Strict):
     clip_skip: int = Field(1, ge=1, le=12)
     eta: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     tiling: bool = Field(False, description="An image that tiles seamlessly (A1111 Tiling).")
+    deep_cache_interval: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="DeepCache: every Nth U-Net pass runs whole, the ones between reuse its "
+        "deep features (about 2× faster at 3 on SD 1.5; the image changes slightly). 0/1: off.",
+    )
     image: ImageIn | None = Field(None, description="Source image of every mode but txt2img.")
     mask: ImageIn | None = Field(None, description="inpaint: white = repaint, black = keep.")
     img2img: Img2ImgIn = Field(default_factory=Img2ImgIn)
@@ -267,6 +274,7 @@ class GenerationCreate(Strict):
             n_iter=self.n_iter,
             clip_skip=self.clip_skip,
             tiling=self.tiling,
+            deep_cache_interval=self.deep_cache_interval,
         )
         if self.eta is not None:
             params.eta = self.eta

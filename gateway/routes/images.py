@@ -47,6 +47,7 @@ class ParamsOut(BaseModel):
     seed: int
     clip_skip: int
     tiling: bool
+    deep_cache_interval: int
 
 
 class ImageOut(BaseModel):
@@ -120,6 +121,7 @@ class ImageOut(BaseModel):
                 seed=p.seed,
                 clip_skip=p.clip_skip or 1,
                 tiling=p.tiling,
+                deep_cache_interval=p.deep_cache_interval,
             ),
         )
 

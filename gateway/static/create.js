@@ -197,6 +197,7 @@ function formBody() {
     seed: locked ? numberOf("seed") : -1,
     batch_size: numberOf("batch"),
     tiling: field("tiling").checked,
+    deep_cache_interval: Number(field("speed").value),
     styles: [...selectedStyles],
   };
 }

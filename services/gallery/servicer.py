@@ -44,7 +44,12 @@ def _params(row: ImageRow) -> common_pb2.GenerationParams:
         height=row.height,
         seed=row.seed,
     )
-    for key, name in (("Clip skip", "clip_skip"), ("Variation seed", "subseed")):
+    numbers = (
+        ("Clip skip", "clip_skip"),
+        ("Variation seed", "subseed"),
+        ("DeepCache interval", "deep_cache_interval"),
+    )
+    for key, name in numbers:
         value = str(extra.get(key, ""))
         if value.isdigit():
             setattr(params, name, int(value))

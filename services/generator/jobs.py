@@ -22,6 +22,7 @@ from services.common.request_context import (
     is_valid_request_id,
     new_request_id,
 )
+from services.generator import deep_cache
 from services.generator.prompts import extract_lora_tags
 from services.generator.samplers import DEFAULT_SAMPLER, resolve_sampler, resolve_schedule_type
 
@@ -100,6 +101,7 @@ class Params:
     clip_skip: int
     eta: float | None = None
     tiling: bool = False  # A1111 "Tiling": the image tiles seamlessly
+    deep_cache_interval: int = 0  # DeepCache: 0 or 1 is off
     original_prompt: str = ""  # as the user wrote it, for the infotext
 
     @property
@@ -295,6 +297,11 @@ def _params(
     check.require(1 <= clip_skip <= 12, "params.clip_skip", "must be between 1 and 12")
     if p.HasField("eta"):
         check.in_range(p.eta, 0, 1, "params.eta")
+    check.require(
+        0 <= p.deep_cache_interval <= deep_cache.MAX_INTERVAL,
+        deep_cache.FIELD,
+        deep_cache.RULE,
+    )
     prompt, loras = _loras(check, p, p.prompt)
     sampler = resolve_sampler(p.sampler or DEFAULT_SAMPLER)
     resolve_schedule_type(p.schedule_type)
@@ -318,6 +325,7 @@ def _params(
         clip_skip=clip_skip,
         eta=_f32(p.eta) if p.HasField("eta") else None,
         tiling=p.tiling,
+        deep_cache_interval=p.deep_cache_interval,
         original_prompt=p.prompt,
     )
 

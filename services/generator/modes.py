@@ -44,6 +44,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidArgument
+from services.generator.deep_cache import DeepCache, check_interval, check_supported
 from services.generator.prompts import ComposedPrompt, EmbedSchedule
 from services.generator.step_batching import UnetRunner, run_unet_alone
 
@@ -121,12 +122,16 @@ class Sampling:
     on_step: Callable[[int, int], None] = _no_progress
     on_latents: Callable[[torch.Tensor], None] | None = None
     run_unet: UnetRunner = run_unet_alone
+    deep_cache_interval: int = 0
+    """DeepCache: every Nth U-Net pass runs whole, the passes between reuse its deep features
+    (`deep_cache`); 0 or 1 is off."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise InvalidArgument("params.seed", "at least one seed is needed")
         if self.steps < 1:
             raise InvalidArgument("params.steps", "must be at least 1")
+        check_interval(self.deep_cache_interval)
         _check_unit("params.subseed_strength", self.subseed_strength)
         _check_subseeds(self.seeds, self.subseeds)
 
@@ -268,8 +273,11 @@ def _denoise(
     latents = _first_latents(scheduler, noise, start, timesteps)
     cond = _conditioning(pipe, s, start, shape)
     step_kwargs = _step_kwargs(scheduler, s, shape)
+    cache = _deep_cache(pipe, s)
     for i, t in enumerate(timesteps):
-        prediction = _predict(pipe, s, scheduler, latents, t, cond.embeds.at(i + 1), cond)
+        if cache is not None:
+            cache.plan(i)
+        prediction = _predict(pipe, s, scheduler, latents, t, cond.embeds.at(i + 1), cond, cache)
         output = scheduler.step(prediction, t, latents, **step_kwargs)
         latents = output.prev_sample
         if start.keep is not None:
@@ -278,6 +286,13 @@ def _denoise(
     if start.keep is not None and start.latents is not None:
         latents = start.keep * start.latents + (1 - start.keep) * latents
     return latents
+
+
+def _deep_cache(pipe: StableDiffusionPipeline, s: Sampling) -> DeepCache | None:
+    if s.deep_cache_interval <= 1:
+        return None
+    check_supported(pipe.unet)
+    return DeepCache(s.deep_cache_interval)
 
 
 def _timesteps(
@@ -382,6 +397,7 @@ def _predict(
     t: torch.Tensor,
     embeds: torch.Tensor,
     cond: _Conditioning,
+    cache: DeepCache | None = None,
 ) -> torch.Tensor:
     """The U-Net's noise prediction, with classifier-free guidance when cfg > 1, and A1111's
     composition when there are sub-prompts: uncond + cfg · Σ weightᵢ · (condᵢ − uncond)."""
@@ -389,7 +405,7 @@ def _predict(
     model_input = scheduler.scale_model_input(model_input, t)
     if cond.unet_extra is not None:
         model_input = torch.cat([model_input, cond.unet_extra], dim=1)
-    prediction = s.run_unet(pipe.unet, model_input, t, embeds)
+    prediction = s.run_unet(pipe.unet, model_input, t, embeds, cache)
     if not cond.guided:
         return prediction
     unconditional, *texts = prediction.chunk(cond.copies)

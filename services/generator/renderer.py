@@ -184,6 +184,7 @@ class Renderer:
             eta=p.eta,
             on_step=counter.step,
             on_latents=_preview_hook(job, on_preview),
+            deep_cache_interval=p.deep_cache_interval,
         )
 
     def _run_mode(
@@ -385,6 +386,7 @@ def infotext_for(
         "Denoising strength": strength,
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "Tiling": True if p.tiling else None,
+        "DeepCache interval": p.deep_cache_interval if p.deep_cache_interval > 1 else None,
         "RNG": "CPU",
         "Mask blur": _mask_blur_label(job.inpaint),
         "Hires upscale": hires.scale if hires else None,

@@ -120,6 +120,7 @@ def _used_params(finished: Finished, image: RenderedImage) -> common_pb2.Generat
         clip_skip=p.clip_skip,
         eta=p.eta,
         tiling=p.tiling,
+        deep_cache_interval=p.deep_cache_interval,
     )
 
 

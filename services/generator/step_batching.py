@@ -19,6 +19,8 @@ Jobs with different LoRAs share passes too: each job's rows get its own weighted
 (`LoraAdapters.per_row`); a job activates its own LoRAs again before it uses its text
 encoder. Seamless-tiling jobs (circular padding) share passes only with each other, and a job
 puts its padding back on the shared U-Net and VAE each time it gets its turn (`on_resume`).
+DeepCache jobs (`deep_cache`) share whole passes with any job and keep their own rows' deep
+features; their shallow passes, which reuse those features, run as a group of their own.
 Everything a job does outside the U-Net (text encoding, scheduler
 steps, VAE, PNG) happens while it holds the turn, so no two jobs ever touch the shared
 pipeline at once.
@@ -31,21 +33,48 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from prometheus_client import Counter
 from torch import nn
 
+from services.generator import deep_cache
+from services.generator.deep_cache import DeepCache
 from services.generator.loras import LoraPlan
 from services.generator.seamless import set_seamless
 
-UnetRunner = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""(unet, latent input, timestep, prompt embeddings) → the U-Net's output for those rows."""
+UNET_PASSES = Counter(
+    "sdstack_generator_unet_passes_total",
+    "U-Net passes of jobs: whole, or DeepCache's shallow path on kept features.",
+    ["path"],
+)
+
+
+class UnetRunner(Protocol):
+    def __call__(
+        self,
+        unet: nn.Module,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        cache: DeepCache | None = None,
+    ) -> torch.Tensor:
+        """(unet, latent input, timestep, prompt embeddings, the run's DeepCache if any) → the
+        U-Net's output for those rows."""
+        ...
 
 
 def run_unet_alone(
-    unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
+    unet: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    embeds: torch.Tensor,
+    cache: DeepCache | None = None,
 ) -> torch.Tensor:
-    """One U-Net pass for one job, as diffusers' pipelines call it."""
+    """One U-Net pass for one job, as diffusers' pipelines call it (or DeepCache's)."""
+    if cache is not None:
+        return deep_cache.run_unet(unet, sample, timestep, embeds, cache)
     return unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
 
 
@@ -60,6 +89,7 @@ class _Pass:
     embeds: torch.Tensor
     loras: LoraPlan | None
     seamless: bool = False
+    cache: DeepCache | None = None
     output: torch.Tensor | None = None
     error: Exception | None = None
     done: bool = False
@@ -70,7 +100,12 @@ class _Pass:
         """Passes with equal groups can run as one U-Net batch."""
         s, e = self.sample, self.embeds
         shapes = (tuple(s.shape[1:]), tuple(e.shape[1:]))
-        return (id(self.unet), *shapes, s.dtype, s.device, self.seamless)
+        return (id(self.unet), *shapes, s.dtype, s.device, self.seamless, self.shallow)
+
+    @property
+    def shallow(self) -> bool:
+        """Runs DeepCache's shallow path on its kept features."""
+        return self.cache is not None and self.cache.reuse
 
 
 class JobTurn:
@@ -89,12 +124,19 @@ class JobTurn:
         shared pipeline meanwhile, so the job puts back what it set on it."""
 
     def run_unet(
-        self, unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
+        self,
+        unet: nn.Module,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        cache: DeepCache | None = None,
     ) -> torch.Tensor:
         """Parks this pass, lets the other jobs go on, and returns once its batch has run."""
+        me = threading.get_ident()
         parked = self._batcher.park(
-            _Pass(threading.get_ident(), unet, sample, timestep, embeds, self.loras, self.seamless)
+            _Pass(me, unet, sample, timestep, embeds, self.loras, self.seamless, cache)
         )
+        UNET_PASSES.labels("shallow" if parked.shallow else "whole").inc()
         if self.on_resume is not None:
             self.on_resume()
         self.shared_passes += parked.shared
@@ -213,21 +255,29 @@ def _row_spans(group: list[_Pass]) -> list[tuple[tuple, slice]]:
 
 
 def _run_together(group: list[_Pass]) -> None:
+    """One U-Net call on the group's rows. A shallow group passes each job's kept DeepCache
+    features, in row order; a whole group keeps the features of every job that caches."""
     if len(group) == 1:
         only = group[0]
-        only.output = run_unet_alone(only.unet, only.sample, only.timestep, only.embeds)
+        only.output = run_unet_alone(only.unet, only.sample, only.timestep, only.embeds, only.cache)
         return
     rows = [parked.sample.shape[0] for parked in group]
     timesteps = [
         parked.timestep.to(torch.float32).reshape(-1).expand(count)
         for parked, count in zip(group, rows, strict=True)
     ]
-    output = run_unet_alone(
-        group[0].unet,
-        torch.cat([parked.sample for parked in group]),
-        torch.cat(timesteps),
-        torch.cat([parked.embeds for parked in group]),
-    )
+    unet, sample = group[0].unet, torch.cat([parked.sample for parked in group])
+    timestep, embeds = torch.cat(timesteps), torch.cat([parked.embeds for parked in group])
+    if group[0].shallow:
+        features = torch.cat([parked.cache.features for parked in group])  # type: ignore[union-attr,misc]
+        output = deep_cache.shallow_pass(unet, sample, timestep, embeds, features)
+    elif any(parked.cache is not None for parked in group):
+        output, features = deep_cache.full_pass(unet, sample, timestep, embeds)
+        for parked, kept in zip(group, features.split(rows), strict=True):
+            if parked.cache is not None:
+                parked.cache.features = kept
+    else:
+        output = run_unet_alone(unet, sample, timestep, embeds)
     for parked, part in zip(group, output.split(rows), strict=True):
         parked.output = part
         parked.shared = True

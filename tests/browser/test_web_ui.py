@@ -121,15 +121,17 @@ def test_a_prompt_makes_four_images_with_progress_then_upscale_vary_reroll(
     screenshot(page, "results")
 
 
-def test_seamless_tiling_is_asked_from_the_form(page, running_stack: RunningStack) -> None:
+def test_tiling_and_speed_are_asked_from_the_form(page, running_stack: RunningStack) -> None:
     open_ui(page)
-    small_images(page, steps=2, batch=1)
+    small_images(page, steps=3, batch=1)
     page.get_by_label("Seamless tiling").check()
+    page.get_by_label("Speed").select_option(label="Fastest (DeepCache 3)")
     page.get_by_label("Prompt", exact=True).fill("a tileable brick wall")
     page.get_by_role("button", name="Generate").click()
     (image_id,) = wait_done(newest_run(page), 1)
     with running_stack.http() as http:
-        assert http.get(f"/v1/images/{image_id}").json()["params"]["tiling"] is True
+        params = http.get(f"/v1/images/{image_id}").json()["params"]
+    assert params["tiling"] is True and params["deep_cache_interval"] == 3
 
 
 def _generate(http: httpx.Client, prompt: str) -> str:

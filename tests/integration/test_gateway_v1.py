@@ -81,11 +81,12 @@ def test_modes_from_a_gallery_image_record_their_parent(
         assert np.abs(_pixels(made) - _pixels(original)).mean() > 1, "the picture did not change"
 
 
-def test_seamless_tiling_is_kept_with_the_stored_image(http: httpx.Client) -> None:
-    (image,) = _generate(http, tiling=True)["images"]
-    assert image["params"]["tiling"] is True and "Tiling: True" in image["infotext"]
+def test_tiling_and_deep_cache_are_kept_with_the_stored_image(http: httpx.Client) -> None:
+    """Both come back with the image, so "use these parameters" makes it again."""
+    (image,) = _generate(http, tiling=True, deep_cache_interval=2)["images"]
+    assert "Tiling: True" in image["infotext"] and "DeepCache interval: 2" in image["infotext"]
     again = http.get(f"/v1/images/{image['id']}").json()
-    assert again["params"]["tiling"] is True
+    assert again["params"]["tiling"] is True and again["params"]["deep_cache_interval"] == 2
 
 
 def test_inpaint_with_inline_images_keeps_what_the_mask_keeps(
@@ -321,6 +322,7 @@ TRUNCATED_PNG = _png(Image.new("RGB", (64, 64), (10, 20, 30)))[:60]
         ({"unknown_field": 1}, 422, "unknown_field"),
         ({"loras": [{"name": "a/b"}]}, 422, "loras.0.name"),
         ({"styles": ["x"] * 9}, 422, "styles"),
+        ({"deep_cache_interval": 11}, 422, "deep_cache_interval"),
     ],
 )
 def test_bad_bodies_name_the_field(

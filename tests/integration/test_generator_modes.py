@@ -234,7 +234,8 @@ def test_unknown_lora_is_a_clear_error(generator: GeneratorClient) -> None:
     assert "not-there" in raised.value.message
 
 
-def _batched_jobs(running_stack: RunningStack) -> float:
+def _metric(running_stack: RunningStack, name: str, **labels: str) -> float:
+    """The generator's counter `name`, summed over the samples with these labels."""
     s = running_stack.settings
     url = f"http://{s.host}:{s.generator_metrics_port}/metrics"
     with urllib.request.urlopen(url) as response:
@@ -243,8 +244,12 @@ def _batched_jobs(running_stack: RunningStack) -> float:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "sdstack_generator_batched_jobs_total"
+        if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+def _batched_jobs(running_stack: RunningStack) -> float:
+    return _metric(running_stack, "sdstack_generator_batched_jobs_total")
 
 
 def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
@@ -315,6 +320,53 @@ def test_seamless_tiling_is_used_recorded_and_kept_to_its_own_job(
     for params, (image,) in zip(asked, together, strict=True):
         (alone,) = _run(generator, params=params)
         assert np.abs(_pixels(image) - _pixels(alone)).max() <= tolerance, params
+
+
+def test_deep_cache_skips_deep_passes_per_job_and_matches_alone(
+    running_stack: RunningStack, generator: GeneratorClient
+) -> None:
+    """DeepCache jobs in flight with a plain one: each job keeps and reuses its own rows'
+    features, so each makes the picture it makes alone; the shallow passes are counted, and
+    the picture stays close to the one without DeepCache."""
+    asked = [
+        {"deep_cache_interval": 3, "steps": 9},
+        {"deep_cache_interval": 2, "steps": 6, "batch_size": 2},
+        {"steps": 8},
+    ]
+    shallow_before = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
+    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in asked]
+
+    def run(i: int) -> None:
+        together[i] = _run(generator, params=asked[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    shallow = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
+    assert shallow - shallow_before == 6 + 3  # 9 steps every 3rd whole, 6 steps every 2nd
+    first = together[0][0]
+    assert first.params.deep_cache_interval == 3
+    assert parse_infotext(first.infotext).params["DeepCache interval"] == "3"
+    # Within rounding: in float32 every pixel within 2 levels (measured ≤ 1). In bfloat16 a
+    # reused pass carries its rounding on, and a few pixels of the 9-step job move 7 levels,
+    # so the bound is on the mean and the 99th percentile (a row mix-up moves ~40 on average).
+    tolerance = running_stack.rounding_levels(2)
+    for params, images in zip(asked, together, strict=True):
+        alone = _run(generator, params=params)
+        for image, again in zip(images, alone, strict=True):
+            moved = np.abs(_pixels(image) - _pixels(again))
+            assert moved.mean() <= 1.5 and np.percentile(moved, 99) <= tolerance, params
+    (uncached,) = _run(generator, params={"steps": 9})
+    assert 0 < _mean_difference(_pixels(first), _pixels(uncached)) < 5
+
+
+def test_deep_cache_interval_out_of_range_names_the_field(generator: GeneratorClient) -> None:
+    with pytest.raises(RemoteError) as refused:
+        _run(generator, params={"deep_cache_interval": 11})
+    assert refused.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.deep_cache_interval" in refused.value.message
 
 
 def test_vae_choice_changes_the_picture_and_is_recorded(

@@ -26,7 +26,7 @@ from diffusers import (
 from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.generator import modes
+from services.generator import deep_cache, modes
 from services.generator.modes import Sampling
 from services.generator.samplers import SAMPLERS, make_scheduler
 from services.generator.seamless import set_seamless
@@ -199,6 +199,50 @@ def test_seamless_tiling_makes_the_unet_and_vae_wrap_around(
         set_seamless(pipe.unet, False)
         set_seamless(pipe.vae, False)
     assert min(wrap_errors()) > 0.1
+
+
+def test_deep_cache_shallow_path_on_fresh_features_is_the_whole_unet(
+    pipe: StableDiffusionPipeline, embeds: tuple
+) -> None:
+    """The shallow path rebuilds the U-Net's first level around the kept deep features: given
+    the features of the same input, it must give exactly the whole U-Net's output."""
+    sample = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    timestep, text = torch.tensor([900.0, 250.0]), embeds[0].repeat(2, 1, 1)
+    with torch.no_grad():
+        whole, features = deep_cache.full_pass(pipe.unet, sample, timestep, text)
+        shallow = deep_cache.shallow_pass(pipe.unet, sample, timestep, text, features)
+        later = deep_cache.shallow_pass(pipe.unet, sample * 0.9, timestep - 50, text, features)
+    assert torch.allclose(shallow, whole, atol=1e-5)
+    assert not torch.allclose(later, whole, atol=1e-3)
+
+
+def test_deep_cache_runs_the_whole_unet_every_nth_pass_and_stays_close(
+    pipe: StableDiffusionPipeline, make: Callable
+) -> None:
+    whole_passes = 0
+
+    def count(*_: Any) -> None:
+        nonlocal whole_passes
+        whole_passes += 1
+
+    plain = modes.txt2img(pipe, make([5], steps=8), SIZE, SIZE)[0]
+    handle = pipe.unet.mid_block.register_forward_hook(count)
+    try:
+        cached = modes.txt2img(pipe, make([5], steps=8, deep_cache_interval=3), SIZE, SIZE)[0]
+    finally:
+        handle.remove()
+    assert whole_passes == 3  # passes 0, 3 and 6 of 8
+    other_seed = modes.txt2img(pipe, make([6], steps=8), SIZE, SIZE)[0]
+    assert 0 < _mad(cached, plain) < min(3.0, _mad(other_seed, plain) / 5)
+    off = modes.txt2img(pipe, make([5], steps=8, deep_cache_interval=1), SIZE, SIZE)[0]
+    assert _mad(off, plain) == 0
+
+
+@pytest.mark.parametrize("interval", [-1, 11])
+def test_deep_cache_interval_out_of_range_is_refused(make: Callable, interval: int) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        make([1], deep_cache_interval=interval)
+    assert refused.value.violations[0].field == "params.deep_cache_interval"
 
 
 def test_txt2img_matches_diffusers_given_the_same_noise(
