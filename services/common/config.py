@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         description="Images generated together, sharing each U-Net pass (step-level batching).",
     )
     max_pixels: int = Field(2048 * 2048, ge=64 * 64, description="Largest width×height accepted.")
+    vae_tile_size: int = Field(
+        1024,
+        ge=0,
+        description="Pictures with a side longer than this go through the VAE in tiles of "
+        "this size, so its memory stays bounded; 0 never tiles.",
+    )
 
     trainer_runner: Literal["local", "kubernetes"] = Field(
         "local", description="Where training jobs run: a local worker process or Kubernetes Jobs."
@@ -152,6 +158,13 @@ class Settings(BaseSettings):
             match = _ADDRESS.match(address)
             if match is None or not 0 < int(match.group(2)) < 65536:
                 raise ValueError(f"{address!r} is not host:port")
+        return value
+
+    @field_validator("vae_tile_size")
+    @classmethod
+    def _tile_of_whole_latents(cls, value: int) -> int:
+        if value and (value < 64 or value % 8):
+            raise ValueError("must be 0 (no tiling) or a multiple of 8, at least 64")
         return value
 
     @field_validator("api_keys")

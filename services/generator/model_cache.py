@@ -23,6 +23,7 @@ from services.common.object_store import ObjectStore
 from services.common.sd.checkpoint_loader import load_pipeline
 from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.loras import LoraAdapters
+from services.generator.vaes import bound_memory
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ModelCache:
         max_bytes: int,
         device: torch.device,
         dtype: torch.dtype,
+        vae_tile_size: int,
     ) -> None:
         self.store = store
         self.cache_dir = cache_dir
@@ -63,6 +65,8 @@ class ModelCache:
         self._adapters: dict[str, LoraAdapters] = {}
         self.device = device
         self.dtype = dtype
+        self.vae_tile_size = vae_tile_size
+        """Pictures with a longer side go through the VAE in tiles (`vaes.bound_memory`)."""
         self._loaded: OrderedDict[str, StableDiffusionPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -81,6 +85,7 @@ class ModelCache:
                 tokenizer_dir=self.tokenizer_dir,
                 dtype=self.dtype,
             ).to(self.device)
+            bound_memory(pipe.vae, self.vae_tile_size)
             self._loaded[model.sha256] = pipe
             self._sizes[model.sha256] = pipeline_bytes(pipe)
             self._adapters[model.sha256] = LoraAdapters(pipe)

@@ -28,7 +28,7 @@ from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.seamless import set_seamless
 from services.generator.step_batching import JobTurn
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
-from services.generator.vaes import load_vae
+from services.generator.vaes import bound_memory, load_vae
 
 VERSION = "sdstack 0.1.0"
 BUILTIN_UPSCALERS = ("Lanczos",)
@@ -85,13 +85,14 @@ class Renderer:
         loras = self._lora_plan(model, resolved)
         loras.activate()
         pipe = self._with_vae(base, resolved.vae)
-        _use_seamless(pipe, job.params.tiling)
+        seamless = self._seamless_setter(pipe, job.params.tiling)
+        seamless()
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
         whole_job = self._sampling(pipe, job, counter, on_preview)
         if turn is not None:
             turn.loras, turn.seamless = loras, job.params.tiling
-            turn.on_resume = lambda: _use_seamless(pipe, job.params.tiling)
+            turn.on_resume = seamless
             whole_job = replace(whole_job, run_unet=turn.run_unet)
         for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
             sampling = _batch(whole_job, job, batch)
@@ -152,6 +153,7 @@ class Renderer:
             vae = self._vaes.get(vae_model.sha256)
             if vae is None:
                 vae = load_vae(self.cache.local_file(vae_model), like=pipe.vae)
+                bound_memory(vae, self.cache.vae_tile_size)
                 self._vaes[vae_model.sha256] = vae
                 while len(self._vaes) > 2:
                     self._vaes.popitem(last=False)
@@ -159,6 +161,18 @@ class Renderer:
         return StableDiffusionPipeline(
             **{**pipe.components, "vae": vae}, requires_safety_checker=False
         )
+
+    def _seamless_setter(self, pipe: StableDiffusionPipeline, enabled: bool) -> Callable[[], None]:
+        """Puts the job's padding on the shared U-Net and VAE: circular for A1111 "Tiling",
+        else plain. A seamless picture decodes whole: VAE tiles would each wrap on themselves."""
+        vae_tiles = self.cache.vae_tile_size > 0
+
+        def put() -> None:
+            set_seamless(pipe.unet, enabled)
+            set_seamless(pipe.vae, enabled)
+            pipe.vae.use_tiling = vae_tiles and not enabled
+
+        return put
 
     def _sampling(
         self,
@@ -333,12 +347,6 @@ class _StepCounter:
         self.done += 1
         self.total = max(self.total, self.done)
         self.report(self.done, self.total)
-
-
-def _use_seamless(pipe: StableDiffusionPipeline, enabled: bool) -> None:
-    """A1111 "Tiling" on the job's U-Net and VAE, or plain padding (they are shared)."""
-    set_seamless(pipe.unet, enabled)
-    set_seamless(pipe.vae, enabled)
 
 
 def _scheduler_factory(pipe: StableDiffusionPipeline, sampler: str, schedule_type: str):

@@ -57,6 +57,7 @@ def build(settings: Settings) -> GrpcServer:
         max_bytes=settings.model_cache_max_bytes or default_cache_bytes(device),
         device=device,
         dtype=dtype,
+        vae_tile_size=settings.vae_tile_size,
     )
     renderer = Renderer(registry, cache)
     engine = Engine(

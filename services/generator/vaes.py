@@ -40,6 +40,24 @@ def _invalid(rule: str) -> InvalidArgument:
     return InvalidArgument(FIELD, rule)
 
 
+def bound_memory(vae: AutoencoderKL, tile_size: int) -> None:
+    """Large pictures through `vae` in tiles, and batches one picture at a time (diffusers'
+    tiling and slicing), so a 2048² picture needs about the memory of one tile.
+
+    diffusers tiles a picture when a side is longer than its tile, overlapping tiles by a
+    quarter and blending them. Its tile is the model's `sample_size` (512 for SD 1.x); here
+    it is `tile_size`, so pictures up to that size still decode whole, exactly as without
+    tiling (tiles split GroupNorm's statistics, which can shift colours slightly). 0: never.
+    """
+    vae.enable_slicing()
+    if not tile_size:
+        vae.disable_tiling()
+        return
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile_size
+    vae.tile_latent_min_size = tile_size // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def load_vae(path: Path, like: AutoencoderKL) -> AutoencoderKL:
     """A new `AutoencoderKL` with `like`'s config, dtype and device and `path`'s weights."""
     if not path.is_file():

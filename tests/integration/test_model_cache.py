@@ -47,6 +47,7 @@ def _cache(
         max_bytes=max_bytes,
         device=torch.device("cpu"),
         dtype=torch.float32,
+        vae_tile_size=0,
     )
 
 

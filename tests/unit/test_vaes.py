@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from services.common.errors import InvalidArgument, NotFound
 from services.generator.tiny_model import TinyModelFiles
-from services.generator.vaes import load_vae, make_vae_file
+from services.generator.vaes import bound_memory, load_vae, make_vae_file
 
 
 class _Evil:
@@ -170,3 +170,50 @@ def test_incomplete_or_foreign_files_are_refused(
         load_vae(text, original_vae)
     with pytest.raises(NotFound):
         load_vae(tmp_path / "absent.safetensors", original_vae)
+
+
+@pytest.fixture
+def bounded_vae(pipe: StableDiffusionPipeline) -> AutoencoderKL:
+    """A copy of the tiny VAE (latent factor 8) that tiles pictures with a side over 128 px."""
+    vae = copy.deepcopy(pipe.vae)
+    bound_memory(vae, 128)
+    return vae
+
+
+def test_pictures_up_to_the_tile_size_decode_whole(
+    pipe: StableDiffusionPipeline, bounded_vae: AutoencoderKL
+) -> None:
+    latents = torch.randn(2, 4, 16, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = pipe.vae.decode(latents).sample
+        bounded = bounded_vae.decode(latents).sample
+    assert torch.allclose(bounded, whole, atol=1e-4)  # one picture at a time: rounding only
+
+
+def test_larger_pictures_go_through_the_vae_in_tiles_one_picture_at_a_time(
+    bounded_vae: AutoencoderKL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 256×192 picture (over the 128 px tile): diffusers' tiled paths decode and encode it,
+    each picture of the batch on its own, and the sizes come out right."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    for name in ("tiled_decode", "_tiled_encode"):
+        method = getattr(bounded_vae, name)
+
+        def spy(x: torch.Tensor, *args: object, _name: str = name, _method=method, **kw: object):
+            calls.append((_name, tuple(x.shape)))
+            return _method(x, *args, **kw)
+
+        monkeypatch.setattr(bounded_vae, name, spy)
+    latents = torch.randn(2, 4, 32, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pixels = bounded_vae.decode(latents).sample
+        encoded = bounded_vae.encode(pixels).latent_dist.mode()
+    assert pixels.shape == (2, 3, 256, 192) and encoded.shape == latents.shape
+    assert (
+        calls == [("tiled_decode", (1, 4, 32, 24))] * 2 + [("_tiled_encode", (1, 3, 256, 192))] * 2
+    )
+
+
+def test_tile_size_zero_never_tiles(bounded_vae: AutoencoderKL) -> None:
+    bound_memory(bounded_vae, 0)
+    assert not bounded_vae.use_tiling
