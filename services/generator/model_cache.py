@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.object_store import ObjectStore
 from services.common.sd.checkpoint_loader import load_pipeline
+from services.common.sd.devices import prefers_channels_last
 from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator.loras import LoraAdapters
 from services.generator.vaes import bound_memory
@@ -85,6 +86,8 @@ class ModelCache:
                 tokenizer_dir=self.tokenizer_dir,
                 dtype=self.dtype,
             ).to(self.device)
+            if prefers_channels_last(self.device, self.dtype):
+                pipe.unet.to(memory_format=torch.channels_last)
             bound_memory(pipe.vae, self.vae_tile_size)
             self._loaded[model.sha256] = pipe
             self._sizes[model.sha256] = pipeline_bytes(pipe)

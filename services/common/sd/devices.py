@@ -33,6 +33,13 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return DTYPES[setting]
 
 
+def prefers_channels_last(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the U-Net runs faster with channels-last activations. Measured on an AMX CPU
+    (SD 1.5 U-Net, one pass): bfloat16 1.10× faster at 256², 1.25× at 512², while float32 is
+    0.83-0.92× as fast. GPUs are left as they are until `bench.gpu` has measured them."""
+    return device.type == "cpu" and dtype == torch.bfloat16
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Sapphire Rapids and later) that torch can use."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
