@@ -1,6 +1,6 @@
 """Runs every benchmark in turn, each writing its own section of bench/RESULTS.md.
 
-    .venv/bin/python -m bench [generator gallery trainer curves gpu] [--quick]
+    .venv/bin/python -m bench [generator gallery trainer curves vae_memory gpu] [--quick]
 
 Each benchmark runs in its own process (`python -m bench.<name>`), so memory, threads and
 the trainer's worker processes of one cannot slow the next. `--quick` is a smoke run: the
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "gallery": ([], ["--sizes", "1000", "10000", "--repeats", "50"]),
     "trainer": ([], ["--steps", "10", "--images", "4"]),
     "curves": ([], ["--quick"]),
+    "vae_memory": ([], ["--sides", "512", "--tile", "256"]),
     "gpu": ([], ["--quick"]),  # without a CUDA device and --quick it says so and stops
 }
 

@@ -411,7 +411,7 @@ class Bench:
             [
                 f"### {a.size}×{a.size}, {a.steps} steps{model}",
                 "",
-                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}; torch "
+                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; torch "
                 f"{torch.__version__}, diffusers {diffusers.__version__}; "
                 f"{a.repeats} timed repeats ({self.batch_repeats} for the batches of 8), "
                 f"the sides of each row in turns, after {warm_ups} warm-up(s) of each.",
@@ -438,7 +438,7 @@ def _verdict(ok: bool) -> str:
     return "✅" if ok else "❌ not met"
 
 
-def _machine() -> str:
+def machine() -> str:
     cpu = platform.processor() or "CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
