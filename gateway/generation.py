@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, get_args
 
 import grpc
 from starlette.requests import Request
@@ -47,6 +47,9 @@ INPUT_PIXEL_FACTOR = 4  # inputs may be larger than outputs: they are resized or
 KEEP_FINISHED_SECONDS = 300.0
 DEADLINE_MARGIN_SECONDS = 30.0
 MAX_JOB_ID_CHARS = 64
+PreviewMethod = Literal["Approx cheap", "TAESD", "Full"]
+"""The generator's live preview types, by A1111's names (`PreviewOptions.method`)."""
+PREVIEW_METHODS: tuple[str, ...] = get_args(PreviewMethod)
 _DATA_URL = re.compile(r"^data:[\w/+.\-]+;base64,", re.IGNORECASE)
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4

@@ -26,14 +26,7 @@ from services.common.clients import GeneratorClient
 from services.common.config import Settings, load_settings
 from services.common.errors import ConfigError, SdstackError
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-
-KINDS = {
-    "checkpoint": common_pb2.MODEL_KIND_CHECKPOINT,
-    "vae": common_pb2.MODEL_KIND_VAE,
-    "lora": common_pb2.MODEL_KIND_LORA,
-    "upscaler": common_pb2.MODEL_KIND_UPSCALER,
-    "tagger": common_pb2.MODEL_KIND_TAGGER,
-}
+from services.common.sd.model_registry import KINDS
 
 
 def _out(line: str) -> None:

@@ -56,7 +56,7 @@ from gateway.a1111.translate import (
 )
 from gateway.backends import Backends, Clients, Owner
 from gateway.errors import ERROR_RESPONSES
-from gateway.generation import Generations, Run, check_image, decode_base64
+from gateway.generation import PREVIEW_METHODS, Generations, Run, check_image, decode_base64
 from services.common.errors import InvalidArgument, NotFound, SdstackError
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import current_request_id
@@ -225,6 +225,7 @@ def get_options(request: Request, clients: Clients, who: Owner) -> dict[str, Any
         "sd_vae": options.vae,
         "CLIP_stop_at_last_layers": options.clip_skip,
         "show_progress_every_n_steps": options.preview_every,
+        "show_progress_type": options.preview_method,
         "samples_format": "png",
         "samples_save": True,
     }
@@ -237,6 +238,9 @@ def set_options(body: dict[str, Any], request: Request, clients: Clients, who: O
     every = body.get("show_progress_every_n_steps", options.preview_every)
     _check_int(clip_skip, "CLIP_stop_at_last_layers", 1, 12)
     _check_int(every, "show_progress_every_n_steps", -1, 150)
+    method = body.get("show_progress_type", options.preview_method)
+    if method not in PREVIEW_METHODS:
+        raise InvalidArgument("show_progress_type", f"must be one of {', '.join(PREVIEW_METHODS)}")
     checkpoint, vae = options.checkpoint, options.vae
     if body.get("sd_model_checkpoint"):
         checkpoint = _model_named(clients, body["sd_model_checkpoint"], "Model")
@@ -245,6 +249,7 @@ def set_options(body: dict[str, Any], request: Request, clients: Clients, who: O
         vae = vae if vae in NO_VAE else _model_named(clients, vae, "VAE")
     options.checkpoint, options.vae = checkpoint, vae
     options.clip_skip, options.preview_every = clip_skip, every
+    options.preview_method = method
 
 
 def _check_int(value: object, name: str, low: int, high: int) -> None:

@@ -59,6 +59,7 @@ class UserOptions:
     vae: str = "Automatic"
     clip_skip: int = 1
     preview_every: int = DEFAULT_PREVIEW_EVERY
+    preview_method: str = "Approx cheap"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,7 +167,9 @@ def _order(
 ) -> GenerationOrder:
     if options.preview_every > 0:
         request.preview.CopyFrom(
-            generator_pb2.PreviewOptions(enabled=True, every_n_steps=options.preview_every)
+            generator_pb2.PreviewOptions(
+                enabled=True, every_n_steps=options.preview_every, method=options.preview_method
+            )
         )
     return GenerationOrder(
         owner=owner,

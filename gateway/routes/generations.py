@@ -29,6 +29,7 @@ from gateway.generation import (
     GenerationOrder,
     Generations,
     ImageInput,
+    PreviewMethod,
     Run,
     RunEvent,
     Slot,
@@ -158,6 +159,11 @@ class VariationIn(Strict):
 class PreviewIn(Strict):
     every_n_steps: int = Field(1, ge=1, le=150)
     max_size: int = Field(256, ge=32, le=1024)
+    method: PreviewMethod = Field(
+        "Approx cheap",
+        description="A1111's preview types: a free linear projection of the latents, or the "
+        "VAE's decode of the current estimate (the picture as it would end now).",
+    )
 
 
 class GenerationCreate(Strict):

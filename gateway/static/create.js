@@ -38,6 +38,9 @@ async function loadModels() {
     option("", t("create.defaultVae")),
     ...vaes.map((m) => option(m.name, m.name)),
   );
+  // TAESD previews need a decoder in the store; offered only when there is one.
+  const taesd = field("preview-method").querySelector('option[value="TAESD"]');
+  taesd.hidden = taesd.disabled = !reply.models.some((m) => m.kind === "vae_approx");
 }
 
 async function loadSamplers() {
@@ -301,7 +304,8 @@ export function startRun(kind, body, expected) {
 }
 
 async function consume(card, body, view) {
-  const request = { ...body, stream: true, preview: PREVIEW };
+  const preview = { ...PREVIEW, method: field("preview-method").value || "Approx cheap" };
+  const request = { ...body, stream: true, preview };
   for await (const { event, data } of postEvents("/v1/generations", request)) {
     if (event === "queued") {
       view.state.textContent = t("results.queued");

@@ -34,6 +34,8 @@ DEFAULT_CFG = 7.0
 DEFAULT_SIZE = 512
 LATENT_UPSCALERS = ("Latent",)
 UPSCALE_PIXEL_FACTOR = 4  # an upscale may end 4× over the generation pixel budget
+PREVIEW_METHODS = ("Approx cheap", "TAESD", "Full")
+"""A1111's live preview types sdstack makes; the first is the default."""
 
 ImageResolver = Callable[[common_pb2.ImageRef, str], Image.Image]
 """Turns an ImageRef into a decoded RGB image, raising InvalidArgument naming the field."""
@@ -183,6 +185,7 @@ class GenerationJob:
     priority: int = 0
     preview_every: int = 0
     preview_max_size: int = 256
+    preview_method: str = PREVIEW_METHODS[0]
     timeout_seconds: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -463,6 +466,11 @@ def job_from_request(
         "preview.every_n_steps",
         "must be between 1 and 150",
     )
+    check.require(
+        not preview.enabled or preview.method in ("", *PREVIEW_METHODS),
+        "preview.method",
+        f"must be one of {', '.join(PREVIEW_METHODS)}",
+    )
     timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else None
     check.require(timeout is None or timeout > 0, "timeout", "must be positive")
     check.raise_if_any()
@@ -475,6 +483,7 @@ def job_from_request(
         priority=request.priority,
         preview_every=(preview.every_n_steps or 1) if preview.enabled else 0,
         preview_max_size=preview.max_size or 256,
+        preview_method=preview.method or PREVIEW_METHODS[0],
         timeout_seconds=timeout,
         **specs,
     )

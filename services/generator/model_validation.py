@@ -6,7 +6,8 @@ is unloadable or unsafe. Pickles are only ever read through the safe loader.
 - LoRAs: a kohya/A1111 or diffusers layout, from the header;
 - VAEs: VAE tensors, safely read (whether they fit a checkpoint is checked at use);
 - upscalers: an ESRGAN-family network;
-- taggers: an ONNX file: a protobuf `ModelProto` with a graph (the trainer loads it).
+- taggers: an ONNX file: a protobuf `ModelProto` with a graph (the trainer loads it);
+- VAE approximations: a TAESD decoder, loaded once.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import torch
+
 from services.common.errors import InvalidArgument
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.checkpoint_loader import check_single_file, load_pipeline
 from services.generator.loras import inspect_lora
+from services.generator.taesd import load_decoder
 from services.generator.upscalers import load_upscaler
 from services.generator.vaes import read_vae_file
 
@@ -43,6 +47,8 @@ def validate_model_file(
         _with_suffix(path, file_format, load_upscaler)
     elif kind == common_pb2.MODEL_KIND_TAGGER:
         check_onnx_file(path)
+    elif kind == common_pb2.MODEL_KIND_VAE_APPROX:
+        _with_suffix(path, file_format, _load_taesd)
 
 
 def check_onnx_file(path: Path) -> None:
@@ -92,6 +98,10 @@ def _with_suffix(path: Path, file_format: str, check: Callable[[Path], object]) 
         except OSError:
             shutil.copyfile(path, named)
         check(named)
+
+
+def _load_taesd(path: Path) -> None:
+    load_decoder(path, torch.device("cpu"), torch.float32)
 
 
 def _load_ckpt(path: Path, config_root: Path, tokenizer_dir: Path) -> None:

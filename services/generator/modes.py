@@ -1100,6 +1100,11 @@ def variation(
 # --- previews ------------------------------------------------------------------------------
 
 
+def full_preview(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> Image.Image:
+    """A1111's "Full" preview of the first image: the VAE decodes it, as at the end."""
+    return _decode(pipe, latents[:1])[0]
+
+
 def cheap_preview(latents: torch.Tensor) -> Image.Image:
     """A1111's "Approx cheap" preview of the first image: a linear latent -> RGB projection.
 

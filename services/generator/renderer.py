@@ -12,7 +12,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers.models.autoencoders.vae import DecoderTiny
 from PIL import Image
 
 from services.common.errors import InvalidArgument, NotFound
@@ -27,6 +29,7 @@ from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEnco
 from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.seamless import set_seamless
 from services.generator.step_batching import JobTurn
+from services.generator.taesd import load_decoder, taesd_preview
 from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
 from services.generator.vaes import bound_memory, load_vae
 
@@ -69,6 +72,7 @@ class Renderer:
         self.cache = cache
         self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
         self._upscalers: OrderedDict[str, Upscaler] = OrderedDict()
+        self._taesd: dict[str, DecoderTiny] = {}
         self._lock = threading.Lock()
 
     def render(
@@ -174,6 +178,32 @@ class Renderer:
 
         return put
 
+    def _preview_maker(
+        self, pipe: StableDiffusionPipeline, job: GenerationJob
+    ) -> Callable[[torch.Tensor], Image.Image]:
+        """Latents → the preview picture, by the job's preview method."""
+        if job.preview_method == "Full":
+            return lambda latents: modes.full_preview(pipe, latents)
+        if job.preview_method == "TAESD":
+            decoder = self._taesd_decoder()
+            return lambda latents: taesd_preview(decoder, latents)
+        return modes.cheap_preview
+
+    def _taesd_decoder(self) -> DecoderTiny:
+        """The store's TAESD decoder (the first by name), loaded once."""
+        found = self.registry.list([common_pb2.MODEL_KIND_VAE_APPROX])
+        if not found:
+            raise InvalidArgument(
+                "preview.method",
+                "TAESD needs a TAESD decoder in the store: import one of kind VAE_APPROX",
+            )
+        model = found[0]
+        with self._lock:
+            if model.sha256 not in self._taesd:
+                path, cache = self.cache.local_file(model), self.cache
+                self._taesd = {model.sha256: load_decoder(path, cache.device, cache.dtype)}
+            return self._taesd[model.sha256]
+
     def _sampling(
         self,
         pipe: StableDiffusionPipeline,
@@ -197,7 +227,11 @@ class Renderer:
             subseed_strength=p.subseed_strength,
             eta=p.eta,
             on_step=counter.step,
-            on_latents=_preview_hook(job, on_preview),
+            on_latents=(
+                _preview_hook(job, self._preview_maker(pipe, job), on_preview)
+                if job.preview_every and on_preview is not None
+                else None
+            ),
             deep_cache_interval=p.deep_cache_interval,
         )
 
@@ -355,16 +389,19 @@ def _scheduler_factory(pipe: StableDiffusionPipeline, sampler: str, schedule_typ
     return lambda: make_scheduler(chosen, config, schedule_type)
 
 
-def _preview_hook(job: GenerationJob, on_preview: PreviewCallback | None):
-    if not job.preview_every or on_preview is None:
-        return None
+def _preview_hook(
+    job: GenerationJob,
+    make_preview: Callable[[torch.Tensor], Image.Image],
+    on_preview: PreviewCallback,
+) -> Callable[[torch.Tensor], None]:
+    """Makes every Nth step's preview; runs in the job's turn, so the VAE is its to use."""
     calls = 0
 
-    def hook(latents: object) -> None:
+    def hook(latents: torch.Tensor) -> None:
         nonlocal calls
         calls += 1
         if calls % job.preview_every == 0:
-            image = modes.cheap_preview(latents)  # type: ignore[arg-type]
+            image = make_preview(latents)
             image.thumbnail((job.preview_max_size, job.preview_max_size))
             on_preview(image)
 

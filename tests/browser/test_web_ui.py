@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -121,13 +122,20 @@ def test_a_prompt_makes_four_images_with_progress_then_upscale_vary_reroll(
     screenshot(page, "results")
 
 
-def test_tiling_and_speed_are_asked_from_the_form(page, running_stack: RunningStack) -> None:
+def test_tiling_speed_and_previews_are_asked_from_the_form(
+    page, running_stack: RunningStack
+) -> None:
     open_ui(page)
     small_images(page, steps=3, batch=1)
     page.get_by_label("Seamless tiling").check()
     page.get_by_label("Speed").select_option(label="Fastest (DeepCache 3)")
+    page.get_by_label("Live previews").select_option(label="Exact (slower)")
     page.get_by_label("Prompt", exact=True).fill("a tileable brick wall")
-    page.get_by_role("button", name="Generate").click()
+    with page.expect_request(
+        lambda r: r.url.endswith("/v1/generations") and r.method == "POST"
+    ) as sent:
+        page.get_by_role("button", name="Generate").click()
+    assert json.loads(sent.value.post_data)["preview"]["method"] == "Full"
     (image_id,) = wait_done(newest_run(page), 1)
     with running_stack.http() as http:
         params = http.get(f"/v1/images/{image_id}").json()["params"]

@@ -171,11 +171,13 @@ def test_an_unknown_checkpoint_is_model_not_found(http: httpx.Client) -> None:
 
 @pytest.fixture
 def previews_every_step(http: httpx.Client) -> Iterator[None]:
-    assert (
-        http.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 1}).status_code == 200
-    )
+    """Full previews (the VAE's decode, full size) at every step."""
+    options = {"show_progress_every_n_steps": 1, "show_progress_type": "Full"}
+    assert http.post("/sdapi/v1/options", json=options).status_code == 200
+    assert http.get("/sdapi/v1/options").json()["show_progress_type"] == "Full"
     yield
-    http.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 10})
+    options = {"show_progress_every_n_steps": 10, "show_progress_type": "Approx cheap"}
+    http.post("/sdapi/v1/options", json=options)
 
 
 @pytest.mark.usefixtures("previews_every_step")
@@ -196,7 +198,7 @@ def test_progress_shows_the_running_job_until_it_is_stopped(
         assert progress["state"]["sampling_step"] >= 1
         assert progress["eta_relative"] > 0
         preview = _decode(progress["current_image"])
-        assert preview.width > 0
+        assert preview.size == (256, 256)  # Full: the picture's size, not the latents' 32
         assert (
             poller.get("/sdapi/v1/progress?skip_current_image=true").json()["current_image"] is None
         )
@@ -241,6 +243,8 @@ def test_options_choose_checkpoint_and_clip_skip(http: httpx.Client) -> None:
         http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
     bad = http.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "two"})
     assert bad.status_code == 400
+    unknown = http.post("/sdapi/v1/options", json={"show_progress_type": "Approx NN"})
+    assert unknown.status_code == 400 and "show_progress_type" in unknown.text
 
 
 def test_png_info_reads_the_parameters(http: httpx.Client, txt2img: dict) -> None:

@@ -323,6 +323,7 @@ TRUNCATED_PNG = _png(Image.new("RGB", (64, 64), (10, 20, 30)))[:60]
         ({"loras": [{"name": "a/b"}]}, 422, "loras.0.name"),
         ({"styles": ["x"] * 9}, 422, "styles"),
         ({"deep_cache_interval": 11}, 422, "deep_cache_interval"),
+        ({"preview": {"method": "Approx NN"}}, 422, "preview.method"),
     ],
 )
 def test_bad_bodies_name_the_field(

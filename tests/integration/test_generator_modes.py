@@ -28,6 +28,7 @@ from services.common.sd.checkpoint_layout import to_compvis_state_dict
 from services.generator.demo_model import DEMO_MODEL_NAME
 from services.generator.loras import make_diffusers_lora, make_kohya_lora
 from services.generator.samplers import SAMPLERS
+from services.generator.taesd import make_taesd_file
 from services.generator.upscalers import make_esrgan_file
 from services.generator.vaes import make_vae_file
 from tests.stack_fixtures import RunningStack
@@ -94,6 +95,23 @@ def _run(generator: GeneratorClient, **fields: object) -> list[common_pb2.Genera
     return generator.generate_images(request)
 
 
+def _run_together(
+    generator: GeneratorClient, asked: list[dict[str, object]]
+) -> list[list[common_pb2.GeneratedImage]]:
+    """Each of `asked` (params) as its own request, all in flight at once."""
+    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in asked]
+
+    def run(i: int) -> None:
+        together[i] = _run(generator, params=asked[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return together
+
+
 def _pixels(image: common_pb2.GeneratedImage | bytes) -> np.ndarray:
     data = image if isinstance(image, bytes) else image.png
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
@@ -102,6 +120,13 @@ def _pixels(image: common_pb2.GeneratedImage | bytes) -> np.ndarray:
 def _png(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(array.astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    """As the generator sends previews: JPEG at quality 70."""
+    out = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(out, format="JPEG", quality=70)
     return out.getvalue()
 
 
@@ -275,17 +300,8 @@ def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
         ("a pavilion", 5),
     ]
     before = _batched_jobs(running_stack)
-    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in prompts]
-
-    def run(i: int) -> None:
-        prompt, steps = prompts[i]
-        together[i] = _run(generator, params={"prompt": prompt, "steps": steps})
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    asked = [{"prompt": prompt, "steps": steps} for prompt, steps in prompts]
+    together = _run_together(generator, asked)
     assert _batched_jobs(running_stack) >= before + 2, "no two requests shared a U-Net pass"
     tolerance = running_stack.rounding_levels(2)
     for (prompt, steps), (image,) in zip(prompts, together, strict=True):
@@ -301,16 +317,7 @@ def test_seamless_tiling_is_used_recorded_and_kept_to_its_own_job(
     """A tiling request and a plain one in flight together: the shared U-Net and VAE switch
     padding for each job's turn, so each makes the picture it makes alone."""
     asked = [{"tiling": True, "steps": 8}, {"tiling": False, "steps": 8}]
-    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in asked]
-
-    def run(i: int) -> None:
-        together[i] = _run(generator, params=asked[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    together = _run_together(generator, asked)
     (tiled,), (plain,) = together
     assert tiled.params.tiling and not plain.params.tiling
     assert parse_infotext(tiled.infotext).params["Tiling"] == "True"
@@ -334,16 +341,7 @@ def test_deep_cache_skips_deep_passes_per_job_and_matches_alone(
         {"steps": 8},
     ]
     shallow_before = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
-    together: list[list[common_pb2.GeneratedImage]] = [[] for _ in asked]
-
-    def run(i: int) -> None:
-        together[i] = _run(generator, params=asked[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asked))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    together = _run_together(generator, asked)
     shallow = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
     assert shallow - shallow_before == 6 + 3  # 9 steps every 3rd whole, 6 steps every 2nd
     first = together[0][0]
@@ -548,6 +546,72 @@ def test_previews_come_with_progress(generator: GeneratorClient) -> None:
     ]
     assert len(previews) == 2
     assert Image.open(io.BytesIO(previews[0])).format == "JPEG"
+
+
+def _previews_and_image(
+    generator: GeneratorClient, method: str
+) -> tuple[list[np.ndarray], np.ndarray]:
+    request = generator_pb2.GenerateRequest(
+        params=common_pb2.GenerationParams(
+            prompt="x", seed=1, width=SIZE, height=SIZE, steps=4, sampler="Euler"
+        ),
+        preview={"enabled": True, "every_n_steps": 1, "max_size": SIZE, "method": method},
+    )
+    events = list(generator.generate(request))
+    previews = [
+        _pixels(e.progress.preview_jpeg)
+        for e in events
+        if e.HasField("progress") and e.progress.preview_jpeg
+    ]
+    (image,) = next(e.result.images for e in events if e.HasField("result"))
+    return previews, _pixels(image)
+
+
+def test_full_previews_show_the_picture_as_it_would_end(generator: GeneratorClient) -> None:
+    """A1111's Full previews decode the sampler's estimate with the VAE: full size, and at
+    Euler's last step the estimate is the result, so the last preview is the picture (but
+    for JPEG). The default cheap ones are a latent-sized sketch."""
+    full, image = _previews_and_image(generator, "Full")
+    assert len(full) == 4 and all(p.shape == image.shape for p in full)
+    as_jpeg = _pixels(_jpeg(image))  # previews travel as JPEG; the noisy tiny model's lose much
+    assert _mean_difference(full[-1], as_jpeg) < 2
+    assert _mean_difference(full[0], as_jpeg) > 6  # the first estimate is far from the end
+    cheap, _ = _previews_and_image(generator, "Approx cheap")
+    assert cheap[-1].shape == (SIZE // 8, SIZE // 8, 3)
+
+
+def test_taesd_previews_use_the_imported_decoder(
+    generator: GeneratorClient, tmp_path: Path
+) -> None:
+    """TAESD previews need a decoder of kind VAE_APPROX: refused by name without one; with
+    one, full-size previews from it (a random decoder here, so unlike the VAE's)."""
+    with pytest.raises(RemoteError) as refused:
+        _previews_and_image(generator, "TAESD")
+    assert refused.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert "preview.method" in refused.value.message
+    generator.import_model(
+        make_taesd_file(tmp_path / "taesd_decoder.safetensors", seed=3),
+        name="taesd",
+        kind=common_pb2.MODEL_KIND_VAE_APPROX,
+        file_format="safetensors",
+    )
+    listed = generator.list_models(common_pb2.MODEL_KIND_VAE_APPROX).models
+    assert [m.name for m in listed] == ["taesd"]
+    taesd, image = _previews_and_image(generator, "TAESD")
+    full, _ = _previews_and_image(generator, "Full")
+    assert len(taesd) == 4 and taesd[-1].shape == image.shape
+    assert _mean_difference(taesd[-1], full[-1]) > 1
+
+
+def test_an_unknown_preview_method_names_the_field(generator: GeneratorClient) -> None:
+    request = generator_pb2.GenerateRequest(
+        params=common_pb2.GenerationParams(prompt="x", width=SIZE, height=SIZE, steps=1),
+        preview={"enabled": True, "method": "Approx NN"},
+    )
+    with pytest.raises(RemoteError) as refused:
+        generator.generate_images(request)
+    assert refused.value.status is grpc.StatusCode.INVALID_ARGUMENT
+    assert "preview.method" in refused.value.message
 
 
 def test_cancel_stops_within_a_step(generator: GeneratorClient) -> None:

@@ -39,6 +39,7 @@ class GatedModels:
     """Hands out the tiny pipeline once `gate` opens, so a test decides when work starts."""
 
     device = torch.device("cpu")
+    vae_tile_size = 0  # ModelCache's setting: these small pictures never reach a tile
 
     def __init__(self, pipe: StableDiffusionPipeline) -> None:
         self.pipe = pipe

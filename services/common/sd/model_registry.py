@@ -36,13 +36,24 @@ _PLACES: dict[Kind, tuple[str, str]] = {
     common_pb2.MODEL_KIND_VAE: (MODELS_BUCKET, "vae/"),
     common_pb2.MODEL_KIND_UPSCALER: (MODELS_BUCKET, "upscalers/"),
     common_pb2.MODEL_KIND_TAGGER: (MODELS_BUCKET, "taggers/"),
+    common_pb2.MODEL_KIND_VAE_APPROX: (MODELS_BUCKET, "vae-approx/"),
     common_pb2.MODEL_KIND_LORA: (LORAS_BUCKET, ""),
 }
+KINDS: dict[str, Kind] = {
+    "checkpoint": common_pb2.MODEL_KIND_CHECKPOINT,
+    "vae": common_pb2.MODEL_KIND_VAE,
+    "lora": common_pb2.MODEL_KIND_LORA,
+    "upscaler": common_pb2.MODEL_KIND_UPSCALER,
+    "tagger": common_pb2.MODEL_KIND_TAGGER,
+    "vae_approx": common_pb2.MODEL_KIND_VAE_APPROX,
+}
+"""The kinds by the names the HTTP API and the command line use."""
 FORMATS: dict[Kind, frozenset[str]] = {
     common_pb2.MODEL_KIND_CHECKPOINT: frozenset({"safetensors", "ckpt", "diffusers"}),
     common_pb2.MODEL_KIND_VAE: frozenset({"safetensors", "ckpt", "pt"}),
     common_pb2.MODEL_KIND_UPSCALER: frozenset({"pth", "safetensors"}),
     common_pb2.MODEL_KIND_TAGGER: frozenset({"onnx"}),
+    common_pb2.MODEL_KIND_VAE_APPROX: frozenset({"safetensors", "pth", "pt"}),
     common_pb2.MODEL_KIND_LORA: frozenset({"safetensors"}),
 }
 DIFFUSERS = "diffusers"
@@ -85,7 +96,9 @@ def check_model_name(name: str, field_name: str = "name") -> str:
 
 def check_kind(kind: Kind, field_name: str = "kind") -> Kind:
     if kind not in _PLACES:
-        raise InvalidArgument(field_name, "must be CHECKPOINT, VAE, LORA, UPSCALER or TAGGER")
+        raise InvalidArgument(
+            field_name, "must be CHECKPOINT, VAE, LORA, UPSCALER, TAGGER or VAE_APPROX"
+        )
     return kind
 
 

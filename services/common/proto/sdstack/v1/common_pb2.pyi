@@ -19,12 +19,14 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_LORA: _ClassVar[ModelKind]
     MODEL_KIND_UPSCALER: _ClassVar[ModelKind]
     MODEL_KIND_TAGGER: _ClassVar[ModelKind]
+    MODEL_KIND_VAE_APPROX: _ClassVar[ModelKind]
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_CHECKPOINT: ModelKind
 MODEL_KIND_VAE: ModelKind
 MODEL_KIND_LORA: ModelKind
 MODEL_KIND_UPSCALER: ModelKind
 MODEL_KIND_TAGGER: ModelKind
+MODEL_KIND_VAE_APPROX: ModelKind
 
 class ImageRef(_message.Message):
     __slots__ = ("data", "image_id", "object_key")

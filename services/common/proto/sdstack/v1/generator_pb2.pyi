@@ -145,14 +145,16 @@ class VariationOptions(_message.Message):
     def __init__(self, source: _Optional[_Union[_common_pb2.ImageRef, _Mapping]] = ..., strength: _Optional[_Union[VariationStrength, str]] = ...) -> None: ...
 
 class PreviewOptions(_message.Message):
-    __slots__ = ("enabled", "every_n_steps", "max_size")
+    __slots__ = ("enabled", "every_n_steps", "max_size", "method")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     EVERY_N_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     every_n_steps: int
     max_size: int
-    def __init__(self, enabled: _Optional[bool] = ..., every_n_steps: _Optional[int] = ..., max_size: _Optional[int] = ...) -> None: ...
+    method: str
+    def __init__(self, enabled: _Optional[bool] = ..., every_n_steps: _Optional[int] = ..., max_size: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "mode", "params", "img2img", "inpaint", "hires", "upscale", "variation", "preview", "priority", "owner", "timeout")
