@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import io
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -77,7 +78,8 @@ Plain diffusers: `StableDiffusionPipeline` loaded from the same single file, in-
 with the same initial noise, timed in turns with the service while the stack is up.
 sdstack: a gRPC client calling the generator process (A1111 prompt weighting, PNG with
 infotext included), and an HTTP client calling the gateway, which has the image stored in
-the gallery and then serves its PNG. Command: `.venv/bin/{command}`.
+the gallery and then serves its PNG. Each subsection names the command that measured it; a
+run replaces the subsections it measured and keeps the others.
 """
 PROMPT = "a timber pavilion by a lake, morning light"
 
@@ -414,7 +416,8 @@ class Bench:
                 f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; torch "
                 f"{torch.__version__}, diffusers {diffusers.__version__}; "
                 f"{a.repeats} timed repeats ({self.batch_repeats} for the batches of 8), "
-                f"the sides of each row in turns, after {warm_ups} warm-up(s) of each.",
+                f"the sides of each row in turns, after {warm_ups} warm-up(s) of each. "
+                f"Command: `.venv/bin/python -m bench.generator {' '.join(sys.argv[1:])}`.",
                 "",
                 "| measure | sdstack | reference | ratio | goal |",
                 "| --- | --- | --- | --- | --- |",
@@ -449,6 +452,24 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {memory} GiB, {gpu}"
 
 
+def merge_subsections(header: str, old: str, new: list[str]) -> str:
+    """The section with `new` subsections ("### …") in place of the old ones of the same
+    title, the other old ones kept in their order, titles not seen before at the end."""
+    fresh = {part.split("\n", 1)[0]: part for part in new}
+    kept = [part for part in re.split(r"\n(?=### )", old) if part.startswith("### ")]
+    merged = [fresh.pop(part.split("\n", 1)[0], part.rstrip() + "\n") for part in kept]
+    return "\n".join([header, *merged, *fresh.values()])
+
+
+def _current_section(title: str = "## Generator") -> str:
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    start = text.find(title)
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(title))
+    return text[start : end if end >= 0 else len(text)]
+
+
 def write_section(section: str, title: str = "## Generator") -> None:
     """Replaces this benchmark's section of RESULTS.md, keeping the others."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
@@ -478,7 +499,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokenizer", default=".data/clip/tokenizer")
     args = parser.parse_args()
-    parts = [HEADER.format(command=" ".join(["python -m bench.generator", *sys.argv[1:]]))]
+    parts = []
     archs = args.archs or ["tiny"] * len(args.sizes)
     precisions = args.precisions or ["float32"] * len(args.sizes)
     for size, steps, arch, precision in zip(args.sizes, args.steps, archs, precisions, strict=True):
@@ -486,7 +507,7 @@ def main() -> None:
         run = argparse.Namespace(**{**vars(args), **per_size})
         with tempfile.TemporaryDirectory(prefix="sdstack-bench-") as folder:
             parts.append(Bench(run, Path(folder)).run())
-    section = "\n".join(parts)
+    section = merge_subsections(HEADER, _current_section(), parts)
     write_section(section)
     sys.stdout.write(section)
 
