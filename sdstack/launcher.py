@@ -70,6 +70,15 @@ class Stack:
                 ensure_port_free(s.host, getattr(s, name), f"SDSTACK_{name.upper()}")
 
     def start(self) -> None:
+        """Starts the local S3 server and the services, in order, and waits until they serve.
+        If any fails to come up, whatever already started is stopped again."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         self.check_ports()
         # transformers warns at import about optional torchvision image processors
         # sdstack never uses; errors still show.
