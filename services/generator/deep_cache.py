@@ -36,12 +36,10 @@ class DeepCache:
     features: torch.Tensor | None = None
     reuse: bool = False
     """Set by `plan`: the coming pass runs the shallow path on `features`."""
-    shallow_passes: int = 0
 
     def plan(self, pass_index: int) -> None:
         """Decides the coming pass: whole U-Net every `interval`th pass, shallow between."""
         self.reuse = self.features is not None and pass_index % self.interval != 0
-        self.shallow_passes += self.reuse
 
 
 def check_interval(interval: int) -> None:

@@ -72,7 +72,8 @@ class Renderer:
         self.cache = cache
         self._vaes: OrderedDict[str, AutoencoderKL] = OrderedDict()
         self._upscalers: OrderedDict[str, Upscaler] = OrderedDict()
-        self._taesd: dict[str, DecoderTiny] = {}
+        self._taesd: tuple[str, DecoderTiny] | None = None
+        """The TAESD decoder last used, by its file's sha256."""
         self._lock = threading.Lock()
 
     def render(
@@ -199,10 +200,10 @@ class Renderer:
             )
         model = found[0]
         with self._lock:
-            if model.sha256 not in self._taesd:
+            if self._taesd is None or self._taesd[0] != model.sha256:
                 path, cache = self.cache.local_file(model), self.cache
-                self._taesd = {model.sha256: load_decoder(path, cache.device, cache.dtype)}
-            return self._taesd[model.sha256]
+                self._taesd = (model.sha256, load_decoder(path, cache.device, cache.dtype))
+            return self._taesd[1]
 
     def _sampling(
         self,
