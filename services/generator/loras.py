@@ -4,7 +4,8 @@ A LoRA file is checked from its safetensors header alone: its layout, rank and m
 (`inspect_lora`), then every layer's down/up shapes against the pipeline it is meant for
 (`check_lora_fits`), so a file made for another architecture is refused before diffusers
 touches the pipeline. `LoraAdapters` keeps the LoRAs of one pipeline loaded as named peft
-adapters and switches between them per request without reloading the base model.
+adapters and switches between them per request without reloading the base model; the U-Net's
+updates are added per batch row (`lora_rows`), so jobs with different LoRAs share passes.
 
 Test factories (`make_kohya_lora`, `make_diffusers_lora`) write small LoRAs for a given
 pipeline; the test suite and the benchmarks share them.
@@ -18,20 +19,25 @@ import math
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from peft.tuners.lora import LoraLayer as PeftLoraLayer
+from diffusers.loaders.lora_base import (
+    disable_lora_for_text_encoder,
+    enable_lora_for_text_encoder,
+    set_adapters_for_text_encoder,
+)
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.sd.checkpoint_loader import read_safetensors_header
+from services.generator.lora_rows import RowMixes, UnetLoraRows, UnetMix
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -330,16 +336,14 @@ def _quiet_adapters() -> Iterator[None]:
         report_logger.setLevel(level)
 
 
-UnetMix = tuple[tuple[str, float], ...]
-"""The LoRAs one job applies to the U-Net: (adapter key, weight), in the job's order."""
-
-
 class LoraAdapters:
     """The LoRAs loaded into one pipeline as named peft adapters, least recently used evicted.
 
-    Not thread-safe: one thread at a time calls it (the generator's jobs take turns). With no
-    LoRA requested the adapters are disabled, which makes every adapted layer compute exactly
-    its base layer: the base image comes back bit for bit.
+    The text encoder runs peft's own LoRA layers, switched with `set_adapters`. The U-Net's
+    LoRA layers are disabled and sdstack adds their updates per batch row (`lora_rows`): the
+    applied LoRAs for every row, or each job's own inside `per_row`. Not thread-safe: one
+    thread at a time calls it (the generator's jobs take turns). With no LoRA requested every
+    adapted layer computes exactly its base layer: the base image comes back bit for bit.
     """
 
     def __init__(self, pipe: StableDiffusionPipeline, max_adapters: int = MAX_LOADED_LORAS) -> None:
@@ -348,11 +352,12 @@ class LoraAdapters:
         self._pipe = pipe
         self._max = max_adapters
         self._loaded: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._unet = UnetLoraRows()
         self._active: tuple[LoraRequest, ...] | None = ()
-        """What the pipeline computes now; None when unknown (after a failure or a mix)."""
-        self._enabled: bool | None = None
-        """Whether every adapted layer has its adapters enabled; None when unknown. Walking
-        the layers to enable them again is half the cost of a switch, so it is skipped."""
+        """What the pipeline computes now; None when unknown (after a failure)."""
+        self._text_enabled: bool | None = None
+        """Whether the text encoder's adapted layers are enabled; None when unknown. Walking
+        the layers to enable them again costs as much as re-weighting them, so it is skipped."""
 
     @property
     def pipe(self) -> StableDiffusionPipeline:
@@ -385,17 +390,21 @@ class LoraAdapters:
             check_lora_fits(inspect_lora(request.path), request.path, self._pipe)
         self._evict(keep=set(wanted), room=len(new))
         self._active = None
-        if new:
-            self._enabled = None  # new layers start enabled, the others keep their state
         try:
             for request in new:
                 self._load(request)
         except InvalidArgument:
-            self._enable(False)
+            self._unet.set_default(())
+            self._enable_text(False)
             raise
+        finally:
+            if new:
+                self._unet.attach(self._pipe.unet)
+                self._text_enabled = None  # new layers start enabled, the others keep their state
         for key in wanted:
             self._loaded.move_to_end(key)
-        self._activate(list(wanted.values()))
+        self._unet.set_default(self.unet_mix(requests))
+        self._activate_text(list(wanted.values()))
         self._active = state
 
     def unet_mix(self, requests: Sequence[LoraRequest]) -> UnetMix:
@@ -406,31 +415,11 @@ class LoraAdapters:
             if UNET in self._loaded.get(key, ())
         )
 
-    def mixable(self, mixes: Iterable[UnetMix]) -> bool:
-        """Whether `per_row` can run these mixes: plain LoRAs only, no peft variant (DoRA)."""
-        keys = {key for mix in mixes for key, _ in mix}
-        layers = [m for m in self._pipe.unet.modules() if isinstance(m, PeftLoraLayer)]
-        return not any(key in layer.lora_variant for layer in layers for key in keys)
-
-    @contextmanager
-    def per_row(self, rows: Sequence[tuple[UnetMix, slice]]) -> Iterator[None]:
-        """U-Net calls inside apply to each range of batch rows its own weighted LoRAs.
-
-        The rows of several jobs share one pass of the base layers; each adapted layer then
-        adds every job's own LoRA updates to that job's rows: peft's mixed-batch inference
-        (`adapter_names`), extended to weighted sums of adapters. Each job's LoRAs must
-        already be loaded (`apply`) and `mixable`.
-        """
-        unet = self._pipe.unet
-        layers = [module for module in unet.modules() if isinstance(module, PeftLoraLayer)]
-        self._active = self._enabled = None
-        unet.disable_lora()
-        hooks = [layer.register_forward_hook(_row_updates(rows)) for layer in layers]
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
+    def per_row(self, rows: RowMixes) -> AbstractContextManager[None]:
+        """U-Net calls inside apply to each range of batch rows its own weighted LoRAs, so
+        the rows of several jobs share one pass. Each job's LoRAs must already be loaded
+        (`apply`)."""
+        return self._unet.per_row(rows)
 
     def clear(self) -> None:
         """Delete every adapter this object loaded; the pipeline computes its base output."""
@@ -438,6 +427,7 @@ class LoraAdapters:
             with _quiet_adapters():
                 self._pipe.delete_adapters(list(self._loaded))
             self._loaded.clear()
+        self._unet.detach()
         self._active = None
 
     def _evict(self, keep: set[str], room: int) -> None:
@@ -475,29 +465,24 @@ class LoraAdapters:
         if self._components(key):
             self._pipe.delete_adapters([key])
 
-    def _activate(self, wanted: list[LoraRequest]) -> None:
-        if not wanted:
-            if self._loaded:
-                self._enable(False)
+    def _activate_text(self, wanted: list[LoraRequest]) -> None:
+        text = [request for request in wanted if TEXT_ENCODER in self._loaded[request.key]]
+        if not text:
+            if any(TEXT_ENCODER in parts for parts in self._loaded.values()):
+                self._enable_text(False)
             return
-        self._enable(True)
-        weights = [self._weights(request) for request in wanted]
-        self._pipe.set_adapters([r.key for r in wanted], adapter_weights=weights)
+        self._enable_text(True)
+        set_adapters_for_text_encoder(
+            [r.key for r in text], self._pipe.text_encoder, [r.te_weight for r in text]
+        )
 
-    def _enable(self, enabled: bool) -> None:
-        if self._enabled is not enabled:
+    def _enable_text(self, enabled: bool) -> None:
+        if self._text_enabled is not enabled:
             if enabled:
-                self._pipe.enable_lora()
+                enable_lora_for_text_encoder(self._pipe.text_encoder)
             else:
-                self._pipe.disable_lora()
-        self._enabled = enabled
-
-    def _weights(self, request: LoraRequest) -> dict[str, float]:
-        """Per-component weights, naming only components the adapter has (diffusers warns
-        about the others)."""
-        parts = self._loaded[request.key]
-        by_part = {UNET: request.unet_weight, TEXT_ENCODER: request.te_weight}
-        return {part: weight for part, weight in by_part.items() if part in parts}
+                disable_lora_for_text_encoder(self._pipe.text_encoder)
+        self._text_enabled = enabled
 
 
 @dataclass(frozen=True)
@@ -514,32 +499,6 @@ class LoraPlan:
     @property
     def unet_mix(self) -> UnetMix:
         return self.adapters.unet_mix(self.requests)
-
-
-def _row_updates(rows: Sequence[tuple[UnetMix, slice]]):
-    """A forward hook for one adapted layer (adapters disabled, so its output is the base
-    layer's): adds each row range's weighted LoRA updates, as peft's forward adds them."""
-
-    def hook(layer: PeftLoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
-        for mix, span in rows:
-            terms = [(key, weight) for key, weight in mix if key in layer.lora_A]
-            if not terms:
-                continue
-            part, sub = output[span], x[span]
-            for key, weight in terms:
-                update = layer.lora_B[key](layer.lora_A[key](layer.lora_dropout[key](sub)))
-                part = part + update * (weight * _base_scale(layer, key))
-            output[span] = part
-        return output
-
-    return hook
-
-
-def _base_scale(layer: PeftLoraLayer, key: str) -> float:
-    """The adapter's scale at weight 1, as peft's `set_scale` computes it."""
-    rank = math.sqrt(layer.r[key]) if layer.use_rslora.get(key, False) else layer.r[key]
-    return layer.lora_alpha[key] / rank
 
 
 def _merge(requests: Sequence[LoraRequest]) -> dict[str, LoraRequest]:

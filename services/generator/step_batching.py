@@ -16,14 +16,14 @@ interact (the U-Net normalises per image), so each job's images equal its images
 within floating-point tolerance.
 
 Jobs with different LoRAs share passes too: each job's rows get its own weighted LoRAs
-(`LoraAdapters.per_row`); a job activates its own LoRAs again before it uses its text
-encoder. Seamless-tiling jobs (circular padding) share passes only with each other, and a job
-puts its padding back on the shared U-Net and VAE each time it gets its turn (`on_resume`).
-DeepCache jobs (`deep_cache`) share whole passes with any job and keep their own rows' deep
-features; their shallow passes, which reuse those features, run as a group of their own.
-Everything a job does outside the U-Net (text encoding, scheduler
-steps, VAE, PNG) happens while it holds the turn, so no two jobs ever touch the shared
-pipeline at once.
+(`LoraAdapters.per_row`: each adapted layer runs each adapter once over all the rows); a job
+activates its own LoRAs again before it uses its text encoder. Seamless-tiling jobs
+(circular padding) share passes only with each other, and a job puts its padding back on the
+shared U-Net and VAE each time it gets its turn (`on_resume`). DeepCache jobs (`deep_cache`)
+share whole passes with any job and keep their own rows' deep features; their shallow
+passes, which reuse those features, run as a group of their own. Everything a job does
+outside the U-Net (text encoding, scheduler steps, VAE, PNG) happens while it holds the
+turn, so no two jobs ever touch the shared pipeline at once.
 """
 
 from __future__ import annotations
@@ -223,19 +223,12 @@ def _run_batch(batch: list[_Pass]) -> None:
 
 
 def _run_group(group: list[_Pass]) -> None:
-    """One U-Net call for the group: its LoRAs activated when every job uses the same ones,
-    mixed per row when they differ (or one call per LoRA mix where they cannot be mixed)."""
+    """One U-Net call for the group, each job's rows with its own LoRAs."""
     set_seamless(group[0].unet, group[0].seamless)
-    mixes = {_mix(parked) for parked in group}
-    if len(mixes) == 1:
-        if group[0].loras is not None:
-            group[0].loras.activate()
+    plans = [parked.loras for parked in group if parked.loras is not None]
+    adapters = plans[0].adapters if plans else None
+    if adapters is None:
         _run_together(group)
-        return
-    adapters = next(parked.loras.adapters for parked in group if parked.loras is not None)
-    if not adapters.mixable(mixes):
-        for mix in mixes:
-            _run_group([parked for parked in group if _mix(parked) == mix])
         return
     with adapters.per_row(_row_spans(group)):
         _run_together(group)

@@ -273,6 +273,26 @@ def _metric(running_stack: RunningStack, name: str, **labels: str) -> float:
     )
 
 
+def _assert_matches_alone(
+    running_stack: RunningStack,
+    batched: common_pb2.GeneratedImage,
+    alone: common_pb2.GeneratedImage,
+    what: object,
+) -> None:
+    """A picture made in a shared batch equals the one made alone, within rounding: in float32
+    every pixel within 2 levels. In bfloat16 a convolution can round differently for another
+    batch size (oneDNN picks its algorithm by batch: measured in the tiny model's
+    `up_blocks.1.resnets.0.conv1`, base weights, 6 rows vs 2), and the random model amplifies
+    one such flip to ~10 levels on a few pixels, so there the bound is on the mean and the 99th
+    percentile. A row given another job's LoRAs or features moves 12 levels or more on average."""
+    moved = np.abs(_pixels(batched) - _pixels(alone))
+    tolerance = running_stack.rounding_levels(2)
+    if running_stack.generator_dtype == torch.float32:
+        assert moved.max() <= tolerance, what
+    else:
+        assert moved.mean() <= 1.5 and np.percentile(moved, 99) <= tolerance, what
+
+
 def _batched_jobs(running_stack: RunningStack) -> float:
     return _metric(running_stack, "sdstack_generator_batched_jobs_total")
 
@@ -303,10 +323,9 @@ def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
     asked = [{"prompt": prompt, "steps": steps} for prompt, steps in prompts]
     together = _run_together(generator, asked)
     assert _batched_jobs(running_stack) >= before + 2, "no two requests shared a U-Net pass"
-    tolerance = running_stack.rounding_levels(2)
     for (prompt, steps), (image,) in zip(prompts, together, strict=True):
         (alone,) = _run(generator, params={"prompt": prompt, "steps": steps})
-        assert np.abs(_pixels(image) - _pixels(alone)).max() <= tolerance, prompt
+        _assert_matches_alone(running_stack, image, alone, prompt)
     one, two, none = (_pixels(images[0]) for images in together)
     assert _mean_difference(one, none) > 1 and _mean_difference(two, one) > 1
 
@@ -347,15 +366,12 @@ def test_deep_cache_skips_deep_passes_per_job_and_matches_alone(
     first = together[0][0]
     assert first.params.deep_cache_interval == 3
     assert parse_infotext(first.infotext).params["DeepCache interval"] == "3"
-    # Within rounding: in float32 every pixel within 2 levels (measured ≤ 1). In bfloat16 a
-    # reused pass carries its rounding on, and a few pixels of the 9-step job move 7 levels,
-    # so the bound is on the mean and the 99th percentile (a row mix-up moves ~40 on average).
-    tolerance = running_stack.rounding_levels(2)
+    # In bfloat16 a reused pass also carries its rounding on (a few pixels of the 9-step job
+    # move 7 levels); a row mix-up moves ~40 on average.
     for params, images in zip(asked, together, strict=True):
         alone = _run(generator, params=params)
         for image, again in zip(images, alone, strict=True):
-            moved = np.abs(_pixels(image) - _pixels(again))
-            assert moved.mean() <= 1.5 and np.percentile(moved, 99) <= tolerance, params
+            _assert_matches_alone(running_stack, image, again, params)
     (uncached,) = _run(generator, params={"steps": 9})
     assert 0 < _mean_difference(_pixels(first), _pixels(uncached)) < 5
 

@@ -392,16 +392,72 @@ def test_per_row_gives_each_row_its_own_weighted_loras(
         alone.append(pipe.unet(sample[rows], timestep, embeds[rows], return_dict=False)[0])
     adapters.apply([*jobs[0], *jobs[1]])  # every LoRA loaded
     mixes = [adapters.unet_mix(requests) for requests in jobs]
-    assert adapters.mixable(mixes)
     spans = [(mix, slice(2 * i, 2 * i + 2)) for i, mix in enumerate(mixes)]
     with adapters.per_row(spans):
         together = pipe.unet(sample, timestep, embeds, return_dict=False)[0]
     for i, expected in enumerate(alone):
         torch.testing.assert_close(together[2 * i : 2 * i + 2], expected, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(alone[0], alone[2], atol=1e-3), "the LoRAs changed nothing"
-    adapters.apply(list(jobs[0]))  # the mixed pass disabled the adapters: enabled again
+    adapters.apply(list(jobs[0]))  # outside a mixed pass the applied LoRAs hold again
     again = pipe.unet(sample[:2], timestep, embeds[:2], return_dict=False)[0]
     torch.testing.assert_close(again, alone[0], rtol=0, atol=0)
     adapters.apply([])
     base = pipe.unet(sample[4:], timestep, embeds[4:], return_dict=False)[0]
     torch.testing.assert_close(base, alone[2], rtol=0, atol=0)
+
+
+def _locon_file(pipe: StableDiffusionPipeline, path: Path, rank: int = 4) -> Path:
+    """A kohya LoCon: LoRAs on two 3×3 convolutions of the U-Net's ResNet blocks (down 3×3,
+    up 1×1), alpha half the rank."""
+    generator = torch.Generator().manual_seed(7)
+    convs = [
+        (name, module)
+        for name, module in pipe.unet.named_modules()
+        if name.endswith(("resnets.0.conv1", "resnets.0.conv2")) and "base_layer" not in name
+    ][:2]
+    tensors = {}
+    for name, conv in convs:
+        key = "lora_unet_" + name.replace(".", "_")
+        down = torch.randn(rank, conv.in_channels, 3, 3, generator=generator)
+        tensors[key + ".lora_down.weight"] = down / (9 * conv.in_channels) ** 0.5
+        tensors[key + ".lora_up.weight"] = torch.randn(conv.out_channels, rank, 1, 1) * 0.5
+        tensors[key + ".alpha"] = torch.tensor(rank / 2)
+    save_file(tensors, str(path))
+    return path
+
+
+@torch.no_grad()
+def test_unet_updates_equal_diffusers_own_lora_layers(
+    tiny_model_files: TinyModelFiles, files: Files, tmp_path: Path
+) -> None:
+    """sdstack adds the U-Net's LoRA updates itself (per batch row); for weighted attention
+    LoRAs and a LoCon on convolutions together, its U-Net computes what plain diffusers
+    computes with the same files and weights through peft's own layers."""
+
+    def fresh() -> StableDiffusionPipeline:
+        return StableDiffusionPipeline.from_pretrained(
+            str(tiny_model_files.diffusers_dir), local_files_only=True
+        )
+
+    ours = fresh()
+    locon = _locon_file(ours, tmp_path / "locon.safetensors")
+    used = [_req(files.a, unet=0.8), _req(files.b, unet=-0.5), _req(locon, unet=1.5)]
+    reference = fresh()
+    for request in used:
+        reference.load_lora_weights(str(request.path), adapter_name=request.key)
+    reference.set_adapters(
+        [r.key for r in used], adapter_weights=[{"unet": r.unet_weight} for r in used]
+    )
+    adapters = LoraAdapters(ours)
+    adapters.apply(used)
+    sample, embeds = _unet_rows(ours, 4)
+    timestep = torch.tensor(700)
+    expected = reference.unet(sample, timestep, embeds, return_dict=False)[0]
+    base = fresh().unet(sample, timestep, embeds, return_dict=False)[0]
+    assert not torch.allclose(expected, base, atol=1e-3), "the LoRAs changed nothing"
+    got = ours.unet(sample, timestep, embeds, return_dict=False)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+    with adapters.per_row([(adapters.unet_mix(used), slice(0, 2)), ((), slice(2, 4))]):
+        rows = ours.unet(sample, timestep, embeds, return_dict=False)[0]
+    torch.testing.assert_close(rows[:2], expected[:2], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(rows[2:], base[2:], rtol=1e-3, atol=1e-4)
