@@ -4,14 +4,15 @@
 
 Measures on the real stack (local S3 and services on free ports in a temporary folder, the
 project's tiny SD imported as a checkpoint), each point a median of `--repeats` timed runs
-after a warm-up, with plain diffusers in-process at the same points:
+after warm-ups, with plain diffusers in-process at the same points, timed in turns with the
+service while the stack is up:
 
 1. time per image vs pixels (64²..384², 10 steps);
 2. time per image vs steps (5..40, 128²);
 3. time per image vs batch_size (1..8 images in one request, 128², 10 steps);
 4. throughput vs concurrency (1, 2, 4, 8 gRPC requests at once, 128², 10 steps): the
    generator batches concurrent jobs step by step, so images/s should rise with N. Plain
-   diffusers has no concurrency: its line is one image after another at the same settings.
+   diffusers has no concurrency: its line is the N images one after another.
 
 Each curve is drawn to bench/plots/<name>.png and tabulated in bench/RESULTS.md (section
 "Cost curves"). `--quick` is a smoke run: 2 small points per curve, 1 repeat.
@@ -20,14 +21,12 @@ Each curve is drawn to bench/plots/<name>.png and tabulated in bench/RESULTS.md 
 from __future__ import annotations
 
 import argparse
-import gc
 import platform
 import statistics
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ import matplotlib
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
 
-from bench.generator import PROMPT, write_section
+from bench.generator import PROMPT, alternated, write_section
 from sdstack.launcher import Stack, free_port_settings
 from services.common.clients import GeneratorClient
 from services.common.config import load_settings
@@ -124,17 +123,6 @@ def curves(quick: bool) -> list[Curve]:
     ]
 
 
-def timed(run: Callable[[], object], repeats: int) -> list[float]:
-    """Wall times of `repeats` runs after one untimed warm-up (first use of a shape)."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return times
-
-
 class PlainDiffusers:
     """`StableDiffusionPipeline` in-process on the same file, sampler and initial noise."""
 
@@ -202,15 +190,23 @@ class Service:
 
 
 def measure(
-    run: Callable[[Point], None], points: list[Point], repeats: int
-) -> dict[Point, list[float]]:
-    """Each distinct point once, however many curves share it."""
-    results: dict[Point, list[float]] = {}
+    service: Service, plain: PlainDiffusers, points: list[Point], repeats: int
+) -> tuple[dict[Point, list[float]], dict[Point, list[float]]]:
+    """Each distinct point once, however many curves share it: sdstack and plain diffusers
+    in turns (A B, B A, …) after warm-ups of both, so a machine that gets busier or quieter
+    weighs on both sides alike."""
+    ours: dict[Point, list[float]] = {}
+    theirs: dict[Point, list[float]] = {}
     for point in dict.fromkeys(points):
-        results[point] = timed(lambda p=point: run(p), repeats)
-        sys.stdout.write(f"  {point}: {statistics.median(results[point]):.3f} s\n")
+        ours[point], theirs[point] = alternated(
+            lambda p=point: service.run(p), lambda p=point: plain.run(p), repeats=repeats
+        )
+        sys.stdout.write(
+            f"  {point}: sdstack {statistics.median(ours[point]):.3f} s, "
+            f"plain {statistics.median(theirs[point]):.3f} s\n"
+        )
         sys.stdout.flush()
-    return results
+    return ours, theirs
 
 
 @contextmanager
@@ -255,11 +251,6 @@ def per_image(curve: Curve, point: Point, times: list[float]) -> list[float]:
     return [t / point.images for t in times]
 
 
-def plain_point(curve: Curve, point: Point) -> Point:
-    """Plain diffusers' concurrency line is one image at a time at the same settings."""
-    return Point(point.size, point.steps, point.batch) if curve.throughput else point
-
-
 def rows(
     curve: Curve, ours: dict[Point, list[float]], plain: dict[Point, list[float]]
 ) -> list[Row]:
@@ -267,7 +258,7 @@ def rows(
         Row(
             point,
             per_image(curve, point, ours[point]),
-            per_image(curve, plain_point(curve, point), plain[plain_point(curve, point)]),
+            per_image(curve, point, plain[point]),
         )
         for point in curve.points
     ]
@@ -359,8 +350,9 @@ def report(
         "How each cost grows, on the project's tiny SD (SD 1.x topology, random weights), "
         "Euler a, CFG 7. sdstack: a gRPC client calling the generator process (PNG with "
         "infotext included); plain diffusers: `StableDiffusionPipeline` in-process on the same "
-        "single file with the same initial noise, measured before the stack starts. Each cell: "
-        "median (min–max) of the timed repeats after a warm-up. Throughput vs concurrency: N "
+        "single file with the same initial noise, timed in turns with the service while the stack "
+        "is up. Each cell: median (min–max) of the timed repeats after warm-ups of both. "
+        "Throughput vs concurrency: N "
         "requests of one image sent at once (the generator batches them step by step); plain "
         "diffusers' line there is one image after another. Command: "
         f"`.venv/bin/{command}`.",
@@ -382,7 +374,9 @@ def report(
     ]
     for curve in chosen:
         data = rows(curve, ours, plain)
-        path = plot(curve, data, where, args.quick)
+        path = PLOTS / f"{curve.name}.png"
+        if not args.no_write:  # a print-only run leaves the recorded plots alone
+            plot(curve, data, where, args.quick)
         lines += [
             f"### {curve.title}",
             "",
@@ -398,20 +392,14 @@ def report(
 
 def run(args: argparse.Namespace) -> str:
     chosen = curves(args.quick)
-    ours_points = [p for c in chosen for p in c.points]
-    plain_points = [plain_point(c, p) for c in chosen for p in c.points]
+    points = [p for c in chosen for p in c.points]
     tokenizer = Path(args.tokenizer)
     with tempfile.TemporaryDirectory(prefix="sdstack-curves-") as name:
         folder = Path(name)
         files = save_tiny_model(folder / "model", tokenizer)
-        sys.stdout.write("plain diffusers, in-process:\n")
-        reference = PlainDiffusers(files, folder, tokenizer)
-        plain = measure(reference.run, plain_points, args.repeats)
-        del reference
-        gc.collect()
-        sys.stdout.write("sdstack, gRPC:\n")
         with running_stack(folder, tokenizer, files) as service:
-            ours = measure(service.run, ours_points, args.repeats)
+            reference = PlainDiffusers(files, folder, tokenizer)
+            ours, plain = measure(service, reference, points, args.repeats)
     return report(chosen, ours, plain, args, machine())
 
 
