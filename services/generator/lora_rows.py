@@ -75,8 +75,8 @@ class _Plan:
 
 
 class UnetLoraRows:
-    """Adds the U-Net's LoRA updates per row: the `default` mix for every row, or the mixes of
-    the pass inside `per_row`. Holds no reference to the model beyond its hooks."""
+    """Adds the U-Net's LoRA updates per row: the mix of `set_default` to every row, or inside
+    `per_row` each range of rows its own. Holds no reference to the model beyond its hooks."""
 
     def __init__(self) -> None:
         self._default: _Plan | None = None

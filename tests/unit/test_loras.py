@@ -454,10 +454,14 @@ def test_unet_updates_equal_diffusers_own_lora_layers(
     timestep = torch.tensor(700)
     expected = reference.unet(sample, timestep, embeds, return_dict=False)[0]
     base = fresh().unet(sample, timestep, embeds, return_dict=False)[0]
-    assert not torch.allclose(expected, base, atol=1e-3), "the LoRAs changed nothing"
+    # The same sums in another order: float32 rounding, which the random model amplifies to
+    # ~1e-4 here (1e-6 to 5e-4 measured, by thread count and denormal flushing), against a
+    # LoRA effect of ~1. The bound is 1% of the effect.
+    bound = 0.01 * (expected - base).abs().max()
+    assert bound > 1e-3, "the LoRAs changed nothing"
     got = ours.unet(sample, timestep, embeds, return_dict=False)[0]
-    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
+    assert (got - expected).abs().max() <= bound
     with adapters.per_row([(adapters.unet_mix(used), slice(0, 2)), ((), slice(2, 4))]):
         rows = ours.unet(sample, timestep, embeds, return_dict=False)[0]
-    torch.testing.assert_close(rows[:2], expected[:2], rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(rows[2:], base[2:], rtol=1e-3, atol=1e-4)
+    assert (rows[:2] - expected[:2]).abs().max() <= bound
+    assert (rows[2:] - base[2:]).abs().max() <= bound
