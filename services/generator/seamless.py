@@ -22,12 +22,18 @@ _CONVS: weakref.WeakKeyDictionary[nn.Module, list[nn.Conv2d]] = weakref.WeakKeyD
 
 def set_seamless(model: nn.Module, enabled: bool) -> None:
     """Circular padding on every Conv2d of `model` when `enabled`, zero padding otherwise."""
+    mode = "circular" if enabled else "zeros"
     convs = _CONVS.get(model)
     if convs is None:
         convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
         _CONVS[model] = convs
-    mode = "circular" if enabled else "zeros"
-    if convs and convs[0].padding_mode == mode:
+    elif convs and convs[0].padding_mode == mode:
         return
     for conv in convs:
         conv.padding_mode = mode
+
+
+def forget_layers(model: nn.Module) -> None:
+    """`model` gained layers (a LoRA with convolutions was loaded): the next `set_seamless`
+    lists its Conv2d layers again and sets every one."""
+    _CONVS.pop(model, None)

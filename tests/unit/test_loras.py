@@ -25,6 +25,7 @@ from services.generator.loras import (
     make_diffusers_lora,
     make_kohya_lora,
 )
+from services.generator.seamless import set_seamless
 from services.generator.tiny_model import TinyModelFiles
 
 PROMPT = "a photo of a cat"
@@ -465,3 +466,25 @@ def test_unet_updates_equal_diffusers_own_lora_layers(
         rows = ours.unet(sample, timestep, embeds, return_dict=False)[0]
     assert (rows[:2] - expected[:2]).abs().max() <= bound
     assert (rows[2:] - base[2:]).abs().max() <= bound
+
+
+@torch.no_grad()
+def test_seamless_tiling_reaches_a_locon_loaded_later(
+    tiny_model_files: TinyModelFiles, tmp_path: Path
+) -> None:
+    """A LoCon's own convolutions, added to the U-Net after tiling was first set, wrap around
+    too: with tiling on, shifting the latents shifts the U-Net's output across the edges."""
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tiny_model_files.diffusers_dir), local_files_only=True
+    )
+    set_seamless(pipe.unet, False)  # the U-Net's convolutions listed before the LoCon exists
+    adapters = LoraAdapters(pipe)
+    locon = _locon_file(pipe, tmp_path / "locon.safetensors")
+    adapters.apply([_req(locon, unet=1.5)])
+    _, embeds = _unet_rows(pipe, 1)
+    sample = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    shift = (2 ** (len(pipe.unet.down_blocks) - 1),) * 2  # whole steps of the downsampling
+    set_seamless(pipe.unet, True)
+    rolled_in = pipe.unet(torch.roll(sample, shift, (2, 3)), 500, embeds, return_dict=False)[0]
+    rolled_out = torch.roll(pipe.unet(sample, 500, embeds, return_dict=False)[0], shift, (2, 3))
+    assert (rolled_in - rolled_out).abs().max() < 1e-4
