@@ -53,6 +53,7 @@ READY_PROBE_BUCKET = "sdstack-ready-probe"
 ADMIN_GRPC_OFFSET = 10000
 MAX_SOCKET_PATH = 100
 START_ATTEMPTS = 3
+MAX_VOLUMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,10 @@ class LocalS3Server:
             f"-s3.config={config}",
             "-s3.iam=false",
             "-volume.preStopSeconds=0",
+            # Each bucket takes a volume of its own, and by default weed allows only as many
+            # volumes as the free disk holds of its volume size (up to 1 GiB): 47 buckets with
+            # 47 GB free. Volumes are not preallocated, so the cap only refuses buckets.
+            f"-volume.max={MAX_VOLUMES}",
             "-webdav=false",
             "-admin.ui=false",
             f"-admin.port={ports.admin}",

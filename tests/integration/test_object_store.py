@@ -371,3 +371,27 @@ def test_a_server_orphaned_by_a_killed_launcher_is_reclaimed(tmp_path: Path) -> 
         assert not Path(f"/proc/{orphan}").exists()
         assert s3.running
     assert port_is_free("127.0.0.1", port)
+
+
+def test_the_local_server_takes_a_bucket_per_collection_whatever_the_free_disk(
+    tmp_path: Path,
+) -> None:
+    """SeaweedFS gives each bucket a volume of its own, and by default allows only as many
+    volumes as the free disk holds of its volume size (1 GiB on a large disk): with 47 GB free
+    the 48th bucket could not be written (HTTP 500, "no free volumes left"), which failed the
+    suite once the session's server had seen enough test buckets. A hundred buckets with an
+    object each must work on any disk."""
+    server = LocalS3Server(
+        tmp_path / "s3", port=free_port(), access_key=ACCESS_KEY, secret_key=SECRET_KEY
+    )
+    server.start()
+    try:
+        store = ObjectStore(server.endpoint, ACCESS_KEY, SECRET_KEY)
+        names = [f"many-{i:03d}" for i in range(100)]
+        store.ensure_buckets(names)
+        for name in names:
+            store.put(name, "object", b"x")
+        assert store.get_bytes(names[-1], "object") == b"x"
+        store.close()
+    finally:
+        server.stop()
