@@ -97,11 +97,12 @@ class Precision:
 
 
 def choose_precision(mode: int, device: torch.device) -> Precision:
-    """Mixed precision only on a GPU: fp16 by default there, bf16 when asked; none on CPU."""
-    if device.type != "cuda" or mode == trainer_pb2.MIXED_PRECISION_NO:
-        return Precision(device, torch.float32, None, "no")
+    """bf16 wherever it is asked for (CPUs autocast to bf16 too, and AMX runs it fast); fp16
+    by default on a GPU; otherwise float32 throughout (fp16 autocast is a GPU feature)."""
     if mode == trainer_pb2.MIXED_PRECISION_BF16:
         return Precision(device, torch.bfloat16, torch.bfloat16, "bf16")
+    if device.type != "cuda" or mode == trainer_pb2.MIXED_PRECISION_NO:
+        return Precision(device, torch.float32, None, "no")
     return Precision(device, torch.float16, torch.float16, "fp16")
 
 

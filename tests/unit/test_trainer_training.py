@@ -155,3 +155,32 @@ def test_the_file_loads_in_plain_diffusers_and_moves_outputs_toward_the_dataset(
         return float((latents - centre).pow(2).mean())
 
     assert distance(with_lora) < 0.8 * distance(base), (distance(base), distance(with_lora))
+
+
+def test_bf16_asked_for_on_a_cpu_trains_in_bf16_and_learns(
+    clip_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """MIXED_PRECISION_BF16 is used on a CPU too (it was silently float32 there): the frozen
+    weights run in bfloat16 under autocast, the LoRA says so in its metadata, and the LoRA,
+    loaded into the float32 model, has learned the dataset."""
+    config = _config(mixed_precision=trainer_pb2.MIXED_PRECISION_BF16)
+    trainer = LoraTrainer(
+        build_tiny_pipeline(clip_tokenizer_dir),
+        _images(),
+        config,
+        total_steps=48,
+        state_dir=tmp_path / "state",
+        device=torch.device("cpu"),
+    )
+    result = trainer.train()
+    assert result.mixed_precision == "bf16"
+    assert trainer.pipe.vae.dtype == torch.bfloat16
+    lora = tmp_path / "stripes.safetensors"
+    write_lora(lora, result.tensors, {"ss_mixed_precision": result.mixed_precision})
+    latents, conditions = (t.float() for t in _dataset_tensors(trainer))
+    pipe = build_tiny_pipeline(clip_tokenizer_dir)
+    scheduler = trainer.noise_scheduler
+    before = validation_loss(pipe.unet, scheduler, latents, conditions)
+    pipe.load_lora_weights(str(lora), adapter_name="stripes")
+    after = validation_loss(pipe.unet, scheduler, latents, conditions)
+    assert after < before * (1 - LOSS_MARGIN), (before, after)
