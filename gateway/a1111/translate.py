@@ -17,7 +17,13 @@ from gateway.a1111.schemas import (
     Img2ImgRequest,
     Txt2ImgRequest,
 )
-from gateway.generation import GenerationOrder, ImageInput, Run, check_pixel_budget
+from gateway.generation import (
+    PREVIEW_METHODS,
+    GenerationOrder,
+    ImageInput,
+    Run,
+    check_pixel_budget,
+)
 from services.common.errors import InvalidArgument, NotFound
 from services.common.infotext import parse_infotext
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
@@ -59,7 +65,7 @@ class UserOptions:
     vae: str = "Automatic"
     clip_skip: int = 1
     preview_every: int = DEFAULT_PREVIEW_EVERY
-    preview_method: str = "Approx cheap"
+    preview_method: str = PREVIEW_METHODS[0]
     extra: dict[str, Any] = field(default_factory=dict)
 
 

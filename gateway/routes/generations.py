@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.backends import Owner
 from gateway.errors import ERROR_RESPONSES, error_body, error_status
 from gateway.generation import (
+    PREVIEW_METHODS,
     GenerationOrder,
     Generations,
     ImageInput,
@@ -160,9 +161,10 @@ class PreviewIn(Strict):
     every_n_steps: int = Field(1, ge=1, le=150)
     max_size: int = Field(256, ge=32, le=1024)
     method: PreviewMethod = Field(
-        "Approx cheap",
-        description="A1111's preview types: a free linear projection of the latents, or the "
-        "VAE's decode of the current estimate (the picture as it would end now).",
+        PREVIEW_METHODS[0],
+        description="A1111's preview types: a free linear projection of the latents, a TAESD "
+        "decoder's picture (needs a vae_approx model), or the VAE's decode of the current "
+        "estimate (the picture as it would end now).",
     )
 
 

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from diffusers.models.autoencoders.vae import DecoderTiny
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from services.common.errors import InvalidArgument
-from services.common.sd.checkpoint_loader import load_weights_only
+from services.common.sd.checkpoint_loader import load_safetensors, load_weights_only
 
 FIELD = "model"
 SD1_DECODER = {
@@ -86,10 +85,7 @@ def make_taesd_file(path: Path, *, seed: int = 0, layout: str = "original") -> P
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() == ".safetensors":
-        try:
-            return load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise _invalid(f"corrupt .safetensors file: {exc}") from exc
+        return load_safetensors(path, FIELD)
     obj = load_weights_only(path, FIELD)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -30,12 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.sd.checkpoint_loader import load_weights_only
+from services.common.sd.checkpoint_loader import load_safetensors, load_weights_only
 
 Layout = Literal["old", "trunk", "new"]
 
@@ -346,20 +345,13 @@ def _read_pickle(path: Path) -> Any:
     return load_weights_only(path, "model")
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InvalidArgument("model", f"corrupt .safetensors file: {exc}") from exc
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A model file's float32 tensors, unwrapped from its container; nothing in it is run."""
     if not path.is_file():
         raise NotFound("upscaler", path.name)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return _unwrap(_read_safetensors(path))
+        return _unwrap(load_safetensors(path, "model"))
     if suffix in PICKLE_SUFFIXES:
         return _unwrap(_read_pickle(path))
     raise InvalidArgument("model", f"unsupported upscaler file type {suffix or '(none)'}")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from services.common.errors import InvalidArgument, NotFound
@@ -142,6 +142,15 @@ def _check_offsets(header: dict[str, Any], data_size: int) -> Shapes:
         extra = data_size - position
         raise _invalid(f"lying safetensors header: {extra} bytes after the last tensor")
     return {name: shape for name, (shape, _b, _e) in entries.items()}
+
+
+def load_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file, on the CPU; a damaged file is refused, naming
+    `field`."""
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InvalidArgument(field, f"corrupt .safetensors file: {exc}") from exc
 
 
 # --- .ckpt (pickle) --------------------------------------------------------------------------

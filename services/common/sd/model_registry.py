@@ -96,9 +96,8 @@ def check_model_name(name: str, field_name: str = "name") -> str:
 
 def check_kind(kind: Kind, field_name: str = "kind") -> Kind:
     if kind not in _PLACES:
-        raise InvalidArgument(
-            field_name, "must be CHECKPOINT, VAE, LORA, UPSCALER, TAGGER or VAE_APPROX"
-        )
+        *others, last = (name.upper() for name in KINDS)
+        raise InvalidArgument(field_name, f"must be {', '.join(others)} or {last}")
     return kind
 
 
