@@ -15,10 +15,14 @@ import subprocess
 import sys
 import time
 
-# The generator's sections: the tiny model at two sizes, SD 1.5 in float32 and in bfloat16.
+# The generator's sections: the tiny model at two sizes, then at 256² with its U-Net
+# compiled (LoRA switches and mixes on compiled graphs); SD 1.5 in float32, in bfloat16, and
+# in bfloat16 compiled.
 GENERATOR_FULL = (
-    "--sizes 128 256 256 256 --steps 10 20 20 20 --archs tiny tiny sd15 sd15 "
-    "--precisions float32 float32 float32 bfloat16 --repeats 3"
+    "--sizes 128 256 256 256 256 256 --steps 10 20 20 20 20 20 "
+    "--archs tiny tiny tiny sd15 sd15 sd15 "
+    "--precisions float32 float32 float32 float32 bfloat16 bfloat16 "
+    "--compiles off off default off off default --repeats 3"
 )
 # Full and quick arguments per benchmark. Only curves has its own --quick; the others get
 # small explicit settings.

@@ -1,7 +1,7 @@
 """Generator benchmark (issue: generator): the service against plain diffusers, same run.
 
     .venv/bin/python -m bench.generator [--sizes 128 256] [--steps 10 20] [--archs tiny tiny]
-                                        [--repeats 5]
+                                        [--repeats 5] [--compiles off default]
 
 Starts the real stack (local S3, services) on free ports in a temporary folder, then
 measures, each as a median with its spread:
@@ -25,7 +25,9 @@ architecture with random weights (speed does not depend on the weights' values);
 CPU an SD 1.5 image takes minutes, so that setting measures only the end to end rows.
 `--precisions` sets the weights' dtype per size, the service's (`SDSTACK_PRECISION`) and
 plain diffusers' alike; below float32 the end to end rows add plain diffusers in float32,
-its default, to show what the lower precision gives.
+its default, to show what the lower precision gives. `--compiles` sets the service's
+`SDSTACK_COMPILE_UNET` per size (plain diffusers stays eager); the warm-ups take the
+compilations.
 
 Both sides of each comparison are measured in the same minutes, alternately (A B, B A, …)
 after warm-ups of both, with the whole stack up: a machine that gets busier or quieter
@@ -134,6 +136,7 @@ class Bench:
             log_level="WARNING",
             queue_size=64,
             precision=args.precision,
+            compile_unet=args.compile,
             **free_port_settings(),
         )
         self.stack = Stack(settings)
@@ -409,6 +412,7 @@ class Bench:
         a = self.args
         model = " on the SD 1.5 architecture" if a.arch == "sd15" else ""
         model += f", {a.precision}" if a.precision != "float32" else ""
+        model += f", U-Net compiled ({a.compile})" if a.compile != "off" else ""
         warm_ups = 1 if a.arch == "sd15" else WARM_UPS
         return "\n".join(
             [
@@ -497,14 +501,29 @@ def main() -> None:
         choices=("float32", "bfloat16", "float16"),
         help="weights' dtype per size, service and plain diffusers alike (default float32)",
     )
+    parser.add_argument(
+        "--compiles",
+        nargs="+",
+        choices=("off", "default", "max-autotune"),
+        help="the service's SDSTACK_COMPILE_UNET per size (default off; plain diffusers "
+        "stays eager)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokenizer", default=".data/clip/tokenizer")
     args = parser.parse_args()
     parts = []
     archs = args.archs or ["tiny"] * len(args.sizes)
     precisions = args.precisions or ["float32"] * len(args.sizes)
-    for size, steps, arch, precision in zip(args.sizes, args.steps, archs, precisions, strict=True):
-        per_size = {"size": size, "steps": steps, "arch": arch, "precision": precision}
+    compiles = args.compiles or ["off"] * len(args.sizes)
+    runs = zip(args.sizes, args.steps, archs, precisions, compiles, strict=True)
+    for size, steps, arch, precision, compile_mode in runs:
+        per_size = {
+            "size": size,
+            "steps": steps,
+            "arch": arch,
+            "precision": precision,
+            "compile": compile_mode,
+        }
         run = argparse.Namespace(**{**vars(args), **per_size})
         with tempfile.TemporaryDirectory(prefix="sdstack-bench-") as folder:
             parts.append(Bench(run, Path(folder)).run())

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="Generator weights: auto = float16 on a GPU, bfloat16 on CPUs with AMX, "
         "else float32.",
     )
+    compile_unet: Literal["off", "default", "max-autotune", "reduce-overhead"] = Field(
+        "off",
+        description="Compile each checkpoint's U-Net with torch.compile in this mode when it "
+        "loads (`reduce-overhead` adds CUDA graphs, GPU only): faster passes once a first pass "
+        "per picture size has compiled; LoRA switches and mixes reuse the compiled graphs.",
+    )
     install_demo_model: bool = Field(True, description="Install the tiny demo model if none.")
     default_checkpoint: str = Field("", description="Default checkpoint name; default: first.")
     model_cache_dir: Path | None = Field(None, description="Default data_dir/cache/models.")

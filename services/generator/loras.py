@@ -38,7 +38,6 @@ from torch import nn
 from services.common.errors import InvalidArgument, NotFound
 from services.common.sd.checkpoint_loader import read_safetensors_header
 from services.generator.lora_rows import RowMixes, UnetLoraRows, UnetMix
-from services.generator.seamless import forget_layers
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -401,7 +400,6 @@ class LoraAdapters:
         finally:
             if new:
                 self._unet.attach(self._pipe.unet)
-                forget_layers(self._pipe.unet)  # a LoCon's convolutions need the job's padding
                 self._text_enabled = None  # new layers start enabled, the others keep their state
         for key in wanted:
             self._loaded.move_to_end(key)

@@ -28,6 +28,8 @@ from services.generator.vaes import bound_memory
 
 log = logging.getLogger(__name__)
 
+RECOMPILE_LIMIT = 64
+
 MODEL_LOAD_SECONDS = Histogram(
     "sdstack_model_load_seconds",
     "Time to fetch and load a checkpoint.",
@@ -56,6 +58,7 @@ class ModelCache:
         device: torch.device,
         dtype: torch.dtype,
         vae_tile_size: int,
+        compile_mode: str = "off",
     ) -> None:
         self.store = store
         self.cache_dir = cache_dir
@@ -68,6 +71,8 @@ class ModelCache:
         self.dtype = dtype
         self.vae_tile_size = vae_tile_size
         """Pictures with a longer side go through the VAE in tiles (`vaes.bound_memory`)."""
+        self.compile_mode = compile_mode
+        """`torch.compile` mode of each loaded U-Net; `off` runs it eagerly."""
         self._loaded: OrderedDict[str, StableDiffusionPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -86,8 +91,12 @@ class ModelCache:
                 tokenizer_dir=self.tokenizer_dir,
                 dtype=self.dtype,
             ).to(self.device)
+            for component in (pipe.unet, pipe.vae, pipe.text_encoder):
+                component.requires_grad_(False)  # inference only; compiled graphs guard on it
             if prefers_channels_last(self.device, self.dtype):
                 pipe.unet.to(memory_format=torch.channels_last)
+            if self.compile_mode != "off":
+                compile_unet(pipe.unet, self.compile_mode)
             bound_memory(pipe.vae, self.vae_tile_size)
             self._loaded[model.sha256] = pipe
             self._sizes[model.sha256] = pipeline_bytes(pipe)
@@ -130,6 +139,17 @@ class ModelCache:
             freed = self._sizes.pop(evicted)
             log.info("unloaded checkpoint %s (%d MiB)", evicted[:10], freed >> 20)
         MODEL_CACHE_BYTES.set(self.loaded_bytes)
+
+
+def compile_unet(unet: torch.nn.Module, mode: str) -> None:
+    """Compile `unet` in place (`nn.Module.compile`), so diffusers and peft keep loading LoRAs
+    into the same module. The first pass of each picture size compiles; the next size
+    compiles once more with dynamic sizes (so do batch sizes). LoRA switches and mixes compile
+    nothing (`lora_rows`); each LoRA-column width a pass reads does, once. The recompile limit
+    is raised so that these few graphs per U-Net never push it back to eager."""
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    unet.compile(mode=mode)
 
 
 def pipeline_bytes(pipe: StableDiffusionPipeline) -> int:

@@ -31,9 +31,3 @@ def set_seamless(model: nn.Module, enabled: bool) -> None:
         return
     for conv in convs:
         conv.padding_mode = mode
-
-
-def forget_layers(model: nn.Module) -> None:
-    """`model` gained layers (a LoRA with convolutions was loaded): the next `set_seamless`
-    lists its Conv2d layers again and sets every one."""
-    _CONVS.pop(model, None)

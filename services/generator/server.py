@@ -14,7 +14,7 @@ from services.common.grpc_server import GrpcServer, run_service
 from services.common.malloc_tuning import keep_freed_memory_for_reuse
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET
 from services.common.proto.sdstack.v1 import generator_pb2_grpc
-from services.common.sd.devices import pick_device, pick_dtype
+from services.common.sd.devices import check_compile_mode, pick_device, pick_dtype
 from services.common.sd.model_registry import ModelRegistry
 from services.common.wiring import connect_object_store, start_grpc_service
 from services.generator.demo_model import install_demo_model_if_empty
@@ -41,6 +41,7 @@ def build(settings: Settings) -> GrpcServer:
     keep_freed_memory_for_reuse()
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.precision, device)
+    check_compile_mode(settings.compile_unet, device)
     tokenizer_dir = settings.resolved_clip_tokenizer_dir
     if not (tokenizer_dir / "vocab.json").exists():
         raise ConfigError(
@@ -58,6 +59,7 @@ def build(settings: Settings) -> GrpcServer:
         device=device,
         dtype=dtype,
         vae_tile_size=settings.vae_tile_size,
+        compile_mode=settings.compile_unet,
     )
     renderer = Renderer(registry, cache)
     engine = Engine(

@@ -16,8 +16,8 @@ interact (the U-Net normalises per image), so each job's images equal its images
 within floating-point tolerance.
 
 Jobs with different LoRAs share passes too: each job's rows get its own weighted LoRAs
-(`LoraAdapters.per_row`: each adapted layer runs each adapter once over all the rows); a job
-activates its own LoRAs again before it uses its text encoder. Seamless-tiling jobs
+(`LoraAdapters.per_row`: each adapted layer runs the columns of every adapter the pass uses
+in two products over all the rows, `lora_rows`); a job activates its own LoRAs again before it uses its text encoder. Seamless-tiling jobs
 (circular padding) share passes only with each other, and a job puts its padding back on the
 shared U-Net and VAE each time it gets its turn (`on_resume`). DeepCache jobs (`deep_cache`)
 share whole passes with any job and keep their own rows' deep features; their shallow

@@ -31,6 +31,7 @@ def test_defaults_are_the_spec_ports(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SDSTACK_GENERATOR_PORT", "70000"),
         ("SDSTACK_DEVICE", "tpu"),
         ("SDSTACK_PRECISION", "half"),
+        ("SDSTACK_COMPILE_UNET", "fast"),
         ("SDSTACK_VAE_TILE_SIZE", "100"),
         ("SDSTACK_VAE_TILE_SIZE", "32"),
         ("SDSTACK_QUEUE_SIZE", "0"),

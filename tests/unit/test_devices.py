@@ -1,4 +1,5 @@
-"""SDSTACK_DEVICE and SDSTACK_PRECISION: what `auto` picks, and what is refused."""
+"""SDSTACK_DEVICE, SDSTACK_PRECISION and SDSTACK_COMPILE_UNET: what `auto` picks, and what is
+refused."""
 
 from __future__ import annotations
 
@@ -48,3 +49,12 @@ def test_cuda_without_a_gpu_is_refused_naming_the_setting(monkeypatch: pytest.Mo
 def test_amx_detection_matches_the_cpu_flags() -> None:
     flags = Path("/proc/cpuinfo").read_text().split()
     assert devices.cpu_has_amx() == ("amx_tile" in flags and "amx_bf16" in flags)
+
+
+def test_cuda_graphs_on_a_cpu_are_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError) as raised:
+        devices.check_compile_mode("reduce-overhead", CPU)
+    assert raised.value.setting == "SDSTACK_COMPILE_UNET"
+    assert "GPU" in raised.value.problem
+    devices.check_compile_mode("default", CPU)
+    devices.check_compile_mode("reduce-overhead", CUDA)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -472,8 +472,9 @@ def test_unet_updates_equal_diffusers_own_lora_layers(
 def test_seamless_tiling_reaches_a_locon_loaded_later(
     tiny_model_files: TinyModelFiles, tmp_path: Path
 ) -> None:
-    """A LoCon's own convolutions, added to the U-Net after tiling was first set, wrap around
-    too: with tiling on, shifting the latents shifts the U-Net's output across the edges."""
+    """A LoCon's convolutions, loaded after tiling was first set, wrap around too (its down
+    convolution pads as its base layer does): with tiling on, shifting the latents shifts the
+    U-Net's output across the edges."""
     pipe = StableDiffusionPipeline.from_pretrained(
         str(tiny_model_files.diffusers_dir), local_files_only=True
     )
@@ -488,3 +489,61 @@ def test_seamless_tiling_reaches_a_locon_loaded_later(
     rolled_in = pipe.unet(torch.roll(sample, shift, (2, 3)), 500, embeds, return_dict=False)[0]
     rolled_out = torch.roll(pipe.unet(sample, 500, embeds, return_dict=False)[0], shift, (2, 3))
     assert (rolled_in - rolled_out).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_a_compiled_unet_switches_mixes_and_loads_loras_without_compiling_again(
+    tiny_model_files: TinyModelFiles, tmp_path: Path
+) -> None:
+    """With the U-Net compiled in place (as `SDSTACK_COMPILE_UNET` does), the first passes
+    compile a graph per kind of pass; after them, switching LoRAs, changing their weights,
+    mixing them across the rows of a batch of another size and loading more LoRAs on the same
+    layers compile nothing, and every pass computes what the eager U-Net computes."""
+
+    def fresh() -> StableDiffusionPipeline:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(tiny_model_files.diffusers_dir), local_files_only=True
+        )
+        pipe.unet.requires_grad_(False)
+        return pipe
+
+    compiled, eager = fresh(), fresh()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def count_graphs(graph: torch.fx.GraphModule, _inputs: list) -> Callable[..., object]:
+        graphs.append(graph)
+        return graph.forward  # the captured graph itself: what dynamo kept, run as captured
+
+    compiled.unet.compile(backend=count_graphs)
+    loras = [make_kohya_lora(eager, tmp_path / f"{i}.safetensors", seed=i) for i in range(5)]
+    a, b, c, d, e = (_req(path) for path in loras)
+    ours, theirs = LoraAdapters(compiled), LoraAdapters(eager)
+    sample, embeds = _unet_rows(eager, 2)
+    base = eager.unet(sample, 500, embeds, return_dict=False)[0]
+
+    def check(applied: list[LoraRequest], jobs: list[list[LoraRequest]], rows: int) -> None:
+        batch, texts = _unet_rows(eager, rows)
+        share = rows // len(jobs)
+        spans = [(job, slice(i * share, (i + 1) * share)) for i, job in enumerate(jobs)]
+        outputs = []
+        for pipe, adapters in ((compiled, ours), (eager, theirs)):
+            adapters.apply(applied)
+            with adapters.per_row([(adapters.unet_mix(job), span) for job, span in spans]):
+                outputs.append(pipe.unet(batch, 500, texts, return_dict=False)[0])
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-6)
+
+    check([], [[]], 2)  # each kind of pass once: no LoRA, one, two over 4 rows, three over 6
+    check([a], [[a]], 2)
+    check([a, b], [[a], [b]], 4)
+    check([a, b, c], [[a, b], [c], []], 6)
+    warmed = len(graphs)
+    check([b], [[b]], 2)
+    check([c, a], [[c], [a]], 4)
+    check([replace(a, unet_weight=0.3)], [[replace(a, unet_weight=-0.7)]], 2)
+    check([a, b], [[a], [b], [], [a, b]], 8)
+    check([d], [[d]], 2)  # loaded now: the banks take its columns
+    check([e, a], [[e, a], [e]], 4)
+    assert len(graphs) == warmed, "a LoRA switch, mix or load compiled the U-Net again"
+    with ours.per_row([(ours.unet_mix([a]), slice(0, 2))]):
+        changed = compiled.unet(sample, 500, embeds, return_dict=False)[0]
+    assert (changed - base).abs().max() > 1e-3, "the LoRAs changed nothing"

@@ -44,3 +44,9 @@ def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Sapphire Rapids and later) that torch can use."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check and check() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_compile_mode(mode: str, device: torch.device) -> None:
+    """CUDA graphs (`reduce-overhead`) replay recorded GPU work: there are none on a CPU."""
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise ConfigError("SDSTACK_COMPILE_UNET", "reduce-overhead (CUDA graphs) needs a GPU")
