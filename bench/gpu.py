@@ -17,8 +17,11 @@ variant and batch size:
 Variants, each against `sdpa` (what plain diffusers runs by default) in the same run:
 `classic` (diffusers' attention before SDPA), `sdpa`, `channels_last` (SDPA + channels-last
 U-Net and VAE), `compile` (that + `torch.compile` of the U-Net) and `cuda_graphs` (that with
-`mode="reduce-overhead"`, which captures CUDA graphs). Compilation happens in the warm-up and
-is reported, not timed.
+`mode="reduce-overhead"`, which captures CUDA graphs). `compile_loras` is `compile` as the
+generator runs it (`SDSTACK_COMPILE_UNET`: compiled in place) with two rank-32 LoRAs loaded,
+half the rows with one and half with the other, the halves swapping LoRAs every pass: the
+cost of per-row LoRAs on a compiled U-Net, and the graphs compiled while they swap (0 is the
+goal). Compilation happens in the warm-up and is reported, not timed.
 
 Without a CUDA device it stops unless asked for the CPU (`--device cpu` or `--quick`: a
 128×128, 2-step smoke run of three variants, to check the script, not to measure).
@@ -28,12 +31,17 @@ Results go to bench/RESULTS.md (section "GPU: SD 1.5 architecture").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import itertools
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,12 +54,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.generator import write_section
 from services.common.sd.sd_configs import SD15
+from services.generator.loras import LoraAdapters, LoraRequest, make_kohya_lora
+from services.generator.model_cache import compile_unet
 from services.generator.tiny_model import build_pipeline
 
 TITLE = "## GPU: SD 1.5 architecture"
-VARIANTS = ("classic", "sdpa", "channels_last", "compile", "cuda_graphs")
-CHANNELS_LAST = ("channels_last", "compile", "cuda_graphs")
-COMPILE_MODES = {"compile": "default", "cuda_graphs": "reduce-overhead"}
+VARIANTS = ("classic", "sdpa", "channels_last", "compile", "cuda_graphs", "compile_loras")
+CHANNELS_LAST = ("channels_last", "compile", "cuda_graphs", "compile_loras")
+COMPILE_MODES = {"compile": "default", "cuda_graphs": "reduce-overhead", "compile_loras": "default"}
+LORA_RANK = 32
 REFERENCE = "sdpa"
 TOKENS = 77
 
@@ -78,6 +89,8 @@ class Measured:
     peak_bytes: int
     unet_flops: float
     compile_seconds: float
+    recompiles: int | None = None
+    """Graphs compiled during the timed passes (`compile_loras` only)."""
 
     @property
     def its(self) -> float:
@@ -106,6 +119,8 @@ class Bench:
         self.embeds = torch.randn(1, TOKENS, hidden, generator=generator).to(
             self.device, self.dtype
         )
+        self.adapters: LoraAdapters | None = None
+        self.loras: list[LoraRequest] = []
 
     def pipeline(self, variant: str) -> StableDiffusionPipeline:
         """The base weights with `variant`'s speed-ups (attention and memory layout are set
@@ -115,6 +130,8 @@ class Bench:
         layout = torch.channels_last if variant in CHANNELS_LAST else torch.contiguous_format
         unet.to(memory_format=layout)
         vae.to(memory_format=layout)
+        if variant == "compile_loras":
+            return self.lora_pipeline()
         if variant in COMPILE_MODES:
             unet = torch.compile(unet, mode=COMPILE_MODES[variant], fullgraph=True)
         pipe = StableDiffusionPipeline(
@@ -123,15 +140,44 @@ class Bench:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def lora_pipeline(self) -> StableDiffusionPipeline:
+        """A copy of the channels-last pipeline with two LoRAs loaded, its U-Net compiled in
+        place as the generator compiles it (the copy counts in the variant's peak memory)."""
+        pipe = copy.deepcopy(self.base)
+        folder = Path(tempfile.mkdtemp(prefix="sdstack-bench-gpu-"))
+        files = [
+            make_kohya_lora(
+                pipe, folder / f"bench-lora-{seed}.safetensors", rank=LORA_RANK, seed=seed
+            )
+            for seed in (1, 2)
+        ]
+        self.adapters = LoraAdapters(pipe)
+        self.loras = [LoraRequest(path.stem, path) for path in files]
+        self.adapters.apply(self.loras)
+        compile_unet(pipe.unet, mode=COMPILE_MODES["compile_loras"])
+        return pipe
+
+    def lora_rows(self, batch: int) -> Callable[[], AbstractContextManager[None]]:
+        """Each pass's rows: half with one LoRA, half with the other, swapped every pass."""
+        adapters = self.adapters
+        assert adapters is not None, "lora_pipeline() first"
+        mixes = [adapters.unet_mix([lora]) for lora in self.loras]
+        halves = [slice(0, batch), slice(batch, 2 * batch)]
+        ab, ba = (list(zip(order, halves, strict=True)) for order in (mixes, mixes[::-1]))
+        swaps = itertools.cycle([ab, ba])
+        return lambda: adapters.per_row(next(swaps))
+
     def measure(self, variant: str, batch: int, flops: float) -> Measured:
         pipe = self.pipeline(variant)
         sample, timestep, embeds = self.unet_inputs(batch)
         if variant in CHANNELS_LAST:
             sample = sample.to(memory_format=torch.channels_last)
+        rows = self.lora_rows(batch) if variant == "compile_loras" else contextlib.nullcontext
 
         @torch.no_grad()
         def unet_pass() -> None:
-            pipe.unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)
+            with rows():
+                pipe.unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)
 
         def image_batch() -> None:
             pipe(
@@ -149,10 +195,14 @@ class Bench:
             unet_pass()
         self.sync()
         compile_seconds = time.perf_counter() - started if variant in COMPILE_MODES else 0.0
+        graphs = compiled_graphs()
         steps = self.timed(unet_pass, self.args.repeats * 4)
+        recompiles = compiled_graphs() - graphs if variant == "compile_loras" else None
         image_batch()
         images = self.timed(image_batch, self.args.repeats)
-        return Measured(variant, batch, steps, images, self.peak_bytes(), flops, compile_seconds)
+        peak = self.peak_bytes()
+        self.adapters = None  # the LoRA variant's pipeline copy goes
+        return Measured(variant, batch, steps, images, peak, flops, compile_seconds, recompiles)
 
     def unet_inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One guided step's U-Net input for `batch` images: 2 × batch rows."""
@@ -209,6 +259,11 @@ class Bench:
         return results
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -230,8 +285,8 @@ def report(results: list[Measured], args: argparse.Namespace, bench: Bench) -> s
     reference = {m.batch: m for m in results if m.variant == REFERENCE}
     rows = [
         "| batch | variant | U-Net it/s | vs sdpa | images/s | vs sdpa | peak memory "
-        "| U-Net TFLOP/s | of peak | compile s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| U-Net TFLOP/s | of peak | compile s | compiled while LoRAs swap |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m in results:
         ref = reference.get(m.batch)
@@ -241,7 +296,7 @@ def report(results: list[Measured], args: argparse.Namespace, bench: Bench) -> s
             f"| {_ratio(m.its, ref.its if ref else None)} | {m.images_per_second:.3f} "
             f"| {_ratio(m.images_per_second, ref.images_per_second if ref else None)} "
             f"| {m.peak_bytes / 2**30:.2f} GiB | {m.tflops:.3g} | {fraction} "
-            f"| {m.compile_seconds:.0f} |"
+            f"| {m.compile_seconds:.0f} | {'–' if m.recompiles is None else m.recompiles} |"
         )
     smoke = (
         "\n**Smoke run (`--quick`): small settings to check the script, not a measurement.**\n"

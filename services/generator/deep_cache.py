@@ -14,8 +14,7 @@ that share U-Net batches (`step_batching`) each keep and reuse their own rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -75,9 +74,16 @@ def full_pass(
     unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole U-Net's output, and the features entering its last up block."""
-    with _features_entering(unet.up_blocks[-1]) as kept:
+    tap = install_tap(unet)
+    tap.keeping = True
+    try:
         output = unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
-    return output, kept[0]
+    finally:
+        tap.keeping = False
+    features, tap.features = tap.features, None
+    if features is None:
+        raise RuntimeError("the U-Net ran without its DeepCache tap")
+    return output, features
 
 
 def shallow_pass(
@@ -117,15 +123,28 @@ def shallow_pass(
     return unet.conv_out(out)
 
 
-@contextmanager
-def _features_entering(block: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    kept: list[torch.Tensor] = []
+class _FeatureTap:
+    """A forward pre-hook on the U-Net's last up block that keeps the features entering it
+    while `keeping`. It stays on the block for good: a compiled U-Net's graphs never see hooks
+    added after they were compiled (dynamo does not guard on hooks), so a hook added per pass
+    would silently not run."""
 
-    def keep(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        kept.append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+    def __init__(self) -> None:
+        self.keeping = False
+        self.features: torch.Tensor | None = None
 
-    handle = block.register_forward_pre_hook(keep, with_kwargs=True)
-    try:
-        yield kept
-    finally:
-        handle.remove()
+    def __call__(self, _: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.keeping:
+            self.features = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+_TAPS: weakref.WeakKeyDictionary[torch.nn.Module, _FeatureTap] = weakref.WeakKeyDictionary()
+
+
+def install_tap(unet: UNet2DConditionModel) -> _FeatureTap:
+    """The U-Net's feature tap, hooked on first use. Call before compiling the U-Net."""
+    block = unet.up_blocks[-1]
+    if block not in _TAPS:
+        _TAPS[block] = _FeatureTap()
+        block.register_forward_pre_hook(_TAPS[block], with_kwargs=True)
+    return _TAPS[block]

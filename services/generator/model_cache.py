@@ -14,15 +14,17 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.object_store import ObjectStore
 from services.common.sd.checkpoint_loader import load_pipeline
 from services.common.sd.devices import prefers_channels_last
 from services.common.sd.model_registry import ModelRegistry, StoredModel
+from services.generator import deep_cache
 from services.generator.loras import LoraAdapters
 from services.generator.vaes import bound_memory
 
@@ -96,7 +98,7 @@ class ModelCache:
             if prefers_channels_last(self.device, self.dtype):
                 pipe.unet.to(memory_format=torch.channels_last)
             if self.compile_mode != "off":
-                compile_unet(pipe.unet, self.compile_mode)
+                compile_unet(pipe.unet, mode=self.compile_mode)
             bound_memory(pipe.vae, self.vae_tile_size)
             self._loaded[model.sha256] = pipe
             self._sizes[model.sha256] = pipeline_bytes(pipe)
@@ -141,15 +143,23 @@ class ModelCache:
         MODEL_CACHE_BYTES.set(self.loaded_bytes)
 
 
-def compile_unet(unet: torch.nn.Module, mode: str) -> None:
-    """Compile `unet` in place (`nn.Module.compile`), so diffusers and peft keep loading LoRAs
-    into the same module. The first pass of each picture size compiles; the next size
-    compiles once more with dynamic sizes (so do batch sizes). LoRA switches and mixes compile
-    nothing (`lora_rows`); each LoRA-column width a pass reads does, once. The recompile limit
-    is raised so that these few graphs per U-Net never push it back to eager."""
+def compile_unet(unet: UNet2DConditionModel, **options: Any) -> None:
+    """Compile `unet` in place (`nn.Module.compile(**options)`), so diffusers and peft keep
+    loading LoRAs into the same module.
+
+    The first pass of each picture size compiles; the next size compiles once more with
+    dynamic sizes (so do batch sizes). LoRA switches and mixes compile nothing (`lora_rows`);
+    each LoRA-column width a pass reads does, once. The recompile limit is raised so that
+    these few graphs per U-Net never send it back to eager.
+
+    Compiled graphs do not see forward hooks added later (dynamo does not guard on hooks), so
+    DeepCache's feature tap goes on first. LoRA loads change the layers, which dynamo does
+    guard on, so their hooks are compiled in with them.
+    """
+    deep_cache.install_tap(unet)
     dynamo_config = torch._dynamo.config
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    unet.compile(mode=mode)
+    unet.compile(**options)
 
 
 def pipeline_bytes(pipe: StableDiffusionPipeline) -> int:

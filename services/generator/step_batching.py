@@ -17,9 +17,10 @@ within floating-point tolerance.
 
 Jobs with different LoRAs share passes too: each job's rows get its own weighted LoRAs
 (`LoraAdapters.per_row`: each adapted layer runs the columns of every adapter the pass uses
-in two products over all the rows, `lora_rows`); a job activates its own LoRAs again before it uses its text encoder. Seamless-tiling jobs
-(circular padding) share passes only with each other, and a job puts its padding back on the
-shared U-Net and VAE each time it gets its turn (`on_resume`). DeepCache jobs (`deep_cache`)
+in two products over all the rows, `lora_rows`); a job activates its own LoRAs again before
+it uses its text encoder. Seamless-tiling jobs (circular padding) share passes only with each
+other, and a job puts its padding back on the shared U-Net and VAE each time it gets its turn
+(`on_resume`). DeepCache jobs (`deep_cache`)
 share whole passes with any job and keep their own rows' deep features; their shallow
 passes, which reuse those features, run as a group of their own. Everything a job does
 outside the U-Net (text encoding, scheduler steps, VAE, PNG) happens while it holds the

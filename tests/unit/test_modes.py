@@ -27,6 +27,7 @@ from PIL import Image
 
 from services.common.errors import InvalidArgument
 from services.generator import deep_cache, modes
+from services.generator.model_cache import compile_unet
 from services.generator.modes import Sampling
 from services.generator.samplers import SAMPLERS, make_scheduler
 from services.generator.seamless import set_seamless
@@ -671,3 +672,37 @@ def test_sampling_checks_its_own_fields(make: Callable) -> None:
         replace(make([1]), steps=0)
     with pytest.raises(InvalidArgument, match=r"params\.subseed"):
         make([1, 2], subseeds=[3])
+
+
+@torch.no_grad()
+def test_deep_cache_and_tiling_reach_a_compiled_unet(tiny_model_files: Any) -> None:
+    """A U-Net compiled as `SDSTACK_COMPILE_UNET` compiles it, having run ordinary passes
+    first: DeepCache's whole passes still hand over the features entering the last up block,
+    and tiling still pads circularly, as on the eager U-Net."""
+
+    def fresh() -> StableDiffusionPipeline:
+        return StableDiffusionPipeline.from_pretrained(
+            tiny_model_files.diffusers_dir, local_files_only=True
+        )
+
+    compiled, eager = fresh(), fresh()
+    compile_unet(compiled.unet, backend="eager")  # dynamo's capture, without inductor's wait
+    sample = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    timestep, text = torch.tensor(500), torch.randn(2, 77, 32)
+
+    def both(run: Callable[[UNet2DConditionModel], Any]) -> list[Any]:
+        return [run(pipe.unet) for pipe in (compiled, eager)]
+
+    def ordinary(unet: UNet2DConditionModel) -> torch.Tensor:
+        return unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
+
+    both(ordinary)  # compiles the graph a whole DeepCache pass calls
+    (whole, kept), (expected, features) = both(
+        lambda unet: deep_cache.full_pass(unet, sample, timestep, text)
+    )
+    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(kept, features, rtol=0, atol=1e-6)
+    for tiled in (True, False):
+        both(lambda unet, tiled=tiled: set_seamless(unet, tiled))
+        got, want = both(ordinary)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
