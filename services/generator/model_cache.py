@@ -149,17 +149,16 @@ def compile_unet(unet: UNet2DConditionModel, **options: Any) -> None:
 
     The first pass of each picture size compiles; the next size compiles once more with
     dynamic sizes (so do batch sizes). LoRA switches and mixes compile nothing (`lora_rows`);
-    each LoRA-column width a pass reads does, once. The recompile limit is raised so that
-    these few graphs per U-Net never send it back to eager.
+    each LoRA-column width a pass reads does, once. The U-Net's own recompile limit is
+    raised so that these graphs never send it back to eager (dynamo's global setting would not
+    do: it is per thread, and every job runs on a thread of its own).
 
     Compiled graphs do not see forward hooks added later (dynamo does not guard on hooks), so
     DeepCache's feature tap goes on first. LoRA loads change the layers, which dynamo does
     guard on, so their hooks are compiled in with them.
     """
     deep_cache.install_tap(unet)
-    dynamo_config = torch._dynamo.config
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
-    unet.compile(**options)
+    unet.compile(recompile_limit=RECOMPILE_LIMIT, **options)
 
 
 def pipeline_bytes(pipe: StableDiffusionPipeline) -> int:

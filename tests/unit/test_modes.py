@@ -9,6 +9,7 @@ model's output tends to at strength 0), and the VAE's scaling factor is calibrat
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -706,3 +707,34 @@ def test_deep_cache_and_tiling_reach_a_compiled_unet(tiny_model_files: Any) -> N
         both(lambda unet, tiled=tiled: set_seamless(unet, tiled))
         got, want = both(ordinary)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_compiled_unet_keeps_compiling_on_job_threads_past_dynamos_default_limit(
+    tiny_model_files: Any,
+) -> None:
+    """Every job runs on a thread of its own, where dynamo's global recompile limit (8, kept
+    per thread) would send a U-Net that has met more kinds of passes back to eager for good:
+    the compiled U-Net carries its own limit."""
+    pipe = StableDiffusionPipeline.from_pretrained(
+        tiny_model_files.diffusers_dir, local_files_only=True
+    )
+    graphs: list[torch.fx.GraphModule] = []
+
+    def count_graphs(graph: torch.fx.GraphModule, _inputs: list) -> Callable[..., Any]:
+        graphs.append(graph)
+        return graph.forward
+
+    compile_unet(pipe.unet, backend=count_graphs, dynamic=False)  # a graph per latent size
+    sides = [8 * n for n in range(1, 11)]
+
+    def job() -> None:
+        with torch.no_grad():
+            for side in sides:
+                sample = torch.randn(1, 4, side, side)
+                pipe.unet(sample, 500, encoder_hidden_states=torch.randn(1, 77, 32))
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    worker.join()
+    assert len(graphs) == len(sides)
