@@ -81,8 +81,10 @@ Plain diffusers: `StableDiffusionPipeline` loaded from the same single file, in-
 with the same initial noise, timed in turns with the service while the stack is up.
 sdstack: a gRPC client calling the generator process (A1111 prompt weighting, PNG with
 infotext included), and an HTTP client calling the gateway, which has the image stored in
-the gallery and then serves its PNG. Each subsection names the command that measured it; a
-run replaces the subsections it measured and keeps the others.
+the gallery and then serves its PNG. Where the heading says "U-Net compiled", the service
+ran with `SDSTACK_COMPILE_UNET` in that mode (plain diffusers stays eager; the warm-ups took
+the compilations). Each subsection names the command that measured it; a run replaces the
+subsections it measured and keeps the others.
 """
 PROMPT = "a timber pavilion by a lake, morning light"
 
