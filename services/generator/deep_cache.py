@@ -75,7 +75,7 @@ def full_pass(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole U-Net's output, and the features entering its last up block."""
     tap = install_tap(unet)
-    tap.keeping = True
+    tap.keeping, tap.features = True, None
     try:
         output = unet(sample, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
     finally:
