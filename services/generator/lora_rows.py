@@ -75,8 +75,11 @@ class _Bank:
     """One adapted layer's loaded adapters, side by side, and the forward hook adding their
     updates. `down` is None while the layer holds no adapter."""
 
-    def __init__(self, owner: UnetLoraRows) -> None:
+    def __init__(self, owner: UnetLoraRows, base: nn.Module) -> None:
+        if not isinstance(base, nn.Linear | nn.Conv2d):
+            raise ValueError(f"LoRA on a {type(base).__name__}: only Linear and Conv2d layers")
         self.owner = owner
+        self.base = base
         self.down: torch.Tensor | None = None
         self.up: torch.Tensor | None = None
 
@@ -86,12 +89,9 @@ class _Bank:
         if not keys:
             self.down = self.up = None
             return
-        base = layer.get_base_layer()
-        if not isinstance(base, nn.Linear | nn.Conv2d):
-            raise ValueError(f"LoRA on a {type(base).__name__}: only Linear and Conv2d layers")
-        like = layer.lora_A[keys[0]].weight
-        down = torch.zeros(width, *base.weight.shape[1:], dtype=like.dtype, device=like.device)
-        up_shape = (base.weight.shape[0], width, *[1] * (base.weight.dim() - 2))
+        like, base_weight = layer.lora_A[keys[0]].weight, self.base.weight
+        down = torch.zeros(width, *base_weight.shape[1:], dtype=like.dtype, device=like.device)
+        up_shape = (base_weight.shape[0], width, *[1] * (base_weight.dim() - 2))
         up = torch.zeros(up_shape, dtype=like.dtype, device=like.device)
         for key in keys:
             if layer.lora_B[key].bias is not None:
@@ -112,10 +112,9 @@ class _Bank:
             raise RuntimeError(f"LoRAs planned for {plan.rows} rows, the batch has {x.shape[0]}")
         down = self.down.index_select(0, plan.columns)
         up = self.up.index_select(1, plan.columns)
-        base = layer.get_base_layer()  # type: ignore[operator]
-        if isinstance(base, nn.Conv2d):
+        if isinstance(self.base, nn.Conv2d):
             # the base layer's padding mode too: seamless tiling sets it per job
-            hidden = base._conv_forward(x.to(down.dtype), down, None)
+            hidden = self.base._conv_forward(x.to(down.dtype), down, None)
             weights = plan.weights.view(plan.rows, -1, 1, 1)
             return output + F.conv2d(hidden * weights, up)
         hidden = F.linear(x.to(down.dtype), down)
@@ -131,7 +130,8 @@ class UnetLoraRows:
         self._banks: weakref.WeakKeyDictionary[nn.Module, _Bank] = weakref.WeakKeyDictionary()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._columns: dict[str, range] = {}
-        self._like: torch.Tensor | None = None
+        self._banks_place: tuple[torch.device, torch.dtype] | None = None
+        """The banks' device and dtype; None while no layer holds an adapter."""
         self._default_mix: UnetMix = ()
         self._default: _Plan | None = None
         self._pass: _Plan | None = None
@@ -142,26 +142,23 @@ class UnetLoraRows:
         """The LoRAs of the U-Net call running now."""
         return self._pass if self._in_pass else self._default
 
-    @property
-    def width(self) -> int:
-        """Columns in each bank (0 before any load)."""
-        return columns_bucket(self._used_columns()) if self._columns else 0
-
     def attach(self, unet: nn.Module) -> None:
         """Lay out the adapters `unet`'s LoRA layers hold now in the banks, hooking the layers
         not hooked yet and disabling peft's own updates. Call after adapters are loaded or
         deleted."""
         layers = [layer for layer in unet.modules() if isinstance(layer, LoraLayer)]
         self._columns = _allocate(layers)
-        width = self.width
+        width = columns_bucket(sum(len(columns) for columns in self._columns.values()))
+        self._banks_place = None
         for layer in layers:
             layer.enable_adapters(False)
             bank = self._banks.get(layer)
             if bank is None:
-                bank = self._banks[layer] = _Bank(self)
+                bank = self._banks[layer] = _Bank(self, layer.get_base_layer())
                 self._handles.append(layer.register_forward_hook(bank))
             bank.fill(layer, self._columns, width)
-        self._like = next((b.down for b in self._banks.values() if b.down is not None), None)
+            if bank.down is not None:
+                self._banks_place = bank.down.device, bank.down.dtype
         self.set_default(tuple((key, w) for key, w in self._default_mix if key in self._columns))
 
     def detach(self) -> None:
@@ -170,7 +167,7 @@ class UnetLoraRows:
             handle.remove()
         self._handles.clear()
         self._banks.clear()
-        self._columns = {}
+        self._columns, self._banks_place = {}, None
         self._default_mix, self._default = (), None
 
     def set_default(self, mix: UnetMix) -> None:
@@ -188,15 +185,12 @@ class UnetLoraRows:
         finally:
             self._pass, self._in_pass = outer
 
-    def _used_columns(self) -> int:
-        return max((span.stop for span in self._columns.values()), default=0)
-
     def _plan_of(self, spans: RowMixes) -> _Plan | None:
         keys = sorted({key for mix, _ in spans for key, _ in mix})
         if not keys:
             return None
         missing = [key for key in keys if key not in self._columns]
-        if missing or self._like is None:
+        if missing or self._banks_place is None:
             raise RuntimeError(f"LoRA adapters {missing} are not loaded in the U-Net")
         read = [column for key in keys for column in self._columns[key]]
         width = columns_bucket(len(read))
@@ -210,8 +204,8 @@ class UnetLoraRows:
             for key, weight in mix:
                 weights[span, at[key]] += weight
         columns = torch.tensor(read + [0] * (width - len(read)))
-        like = self._like
-        return _Plan(columns.to(like.device), weights.to(like.device, like.dtype))
+        device, dtype = self._banks_place
+        return _Plan(columns.to(device), weights.to(device, dtype))
 
 
 def _allocate(layers: Sequence[LoraLayer]) -> dict[str, range]:
