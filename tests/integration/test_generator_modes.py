@@ -590,8 +590,12 @@ def test_full_previews_show_the_picture_as_it_would_end(generator: GeneratorClie
     full, image = _previews_and_image(generator, "Full")
     assert len(full) == 4 and all(p.shape == image.shape for p in full)
     as_jpeg = _pixels(_jpeg(image))  # previews travel as JPEG; the noisy tiny model's lose much
-    assert _mean_difference(full[-1], as_jpeg) < 2
-    assert _mean_difference(full[0], as_jpeg) > 6  # the first estimate is far from the end
+    distances = [_mean_difference(preview, as_jpeg) for preview in full]
+    assert distances[-1] < 2
+    # Each estimate is closer to the end than the one before, and the first is far from it.
+    # Measured in float32 (CPUs without AMX): 5.9, 2.5, 0.3, 0; in bfloat16: 6.0, 3.1, 2.1, 0.
+    assert distances == sorted(distances, reverse=True) and len(set(distances)) == len(distances)
+    assert distances[0] > 3
     cheap, _ = _previews_and_image(generator, "Approx cheap")
     assert cheap[-1].shape == (SIZE // 8, SIZE // 8, 3)
 
