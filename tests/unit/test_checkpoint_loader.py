@@ -319,6 +319,108 @@ def test_config_folder_is_written_once_per_architecture(
     assert [p for p in model_config_root.iterdir() if p.name.startswith(".config-")] == []
 
 
+# --- text-encoder keys without `text_model.` ---------------------------------------------------
+
+TEXT_MODEL = "cond_stage_model.transformer.text_model."
+TEXT = "cond_stage_model.transformer."
+
+
+def _without_text_model(tensors: Tensors) -> Tensors:
+    """What diffusers' `convert_diffusers_to_original_stable_diffusion.py` writes for a folder
+    saved by transformers 5: `cond_stage_model.transformer.encoder.…`, no `text_model.`."""
+    flat = {TEXT + k.removeprefix(TEXT_MODEL) if k.startswith(TEXT_MODEL) else k: v
+            for k, v in tensors.items()}  # fmt: skip
+    assert not any(k.startswith(TEXT_MODEL) for k in flat)
+    assert TEXT + "encoder.layers.0.self_attn.q_proj.weight" in flat
+    return flat
+
+
+def _save(tensors: Tensors, path: Path, declared: bool) -> Path:
+    if path.suffix == ".ckpt":
+        torch.save(tensors, path)
+    else:
+        save_file(tensors, str(path), {ARCH_KEY: json.dumps(TINY.to_dict())} if declared else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "declared"),
+    [("flat.safetensors", False), ("flat.safetensors", True), ("flat.ckpt", False)],
+    ids=["bare-safetensors", "declared-safetensors", "ckpt"],
+)
+def test_text_encoder_keys_without_text_model_load_and_draw_the_same(
+    tmp_path: Path,
+    model_config_root: Path,
+    tiny_model_files: TinyModelFiles,
+    tiny_tensors: Tensors,
+    load: Loader,
+    name: str,
+    declared: bool,
+) -> None:
+    """Such a file (A1111 renames its keys and loads it) was refused, blaming the U-Net width
+    when it declared no architecture; it must load the very same text encoder."""
+    flat = _save(_without_text_model(tiny_tensors), tmp_path / name, declared)
+    if flat.suffix == ".safetensors":
+        assert check_single_file(flat) == TINY
+    renamed = load(flat)
+    usual = load(tiny_model_files.single_file)
+    assert renamed.unet.dtype == torch.float32
+    usual_text = usual.text_encoder.state_dict()
+    for key, tensor in renamed.text_encoder.state_dict().items():
+        assert torch.equal(tensor, usual_text[key]), key
+    assert np.array_equal(_render(renamed), _render(usual))
+    assert list(model_config_root.glob("*.safetensors")) == []  # the renamed copy is gone
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["bare", "declared"])
+@pytest.mark.parametrize(
+    "kept",
+    [(), ("embeddings.position_ids",), ("text_model.embeddings.position_ids",)],
+    ids=["none-kept", "flat-leftover", "leftover"],
+)
+def test_a_missing_text_encoder_is_named(
+    tmp_path: Path, tiny_tensors: Tensors, declared: bool, kept: tuple[str, ...]
+) -> None:
+    """A pruned text encoder (perhaps with a leftover `position_ids`) is what is wrong, not the
+    U-Net: a tiny file declaring nothing was checked as SD 1.5 and blamed the U-Net's width."""
+    pruned = {k: v for k, v in tiny_tensors.items() if not k.startswith(TEXT)}
+    pruned |= {TEXT + key: torch.arange(77).unsqueeze(0) for key in kept}
+    path = _save(pruned, tmp_path / "pruned.safetensors", declared)
+    with pytest.raises(InvalidArgument) as excinfo:
+        check_single_file(path)
+    rule = _rule(excinfo)
+    assert "CLIP text encoder" in rule
+    assert "U-Net" not in rule
+    assert "tiny-sd1 layout expected" in rule
+
+
+def test_a_flat_text_encoder_with_a_missing_tensor_is_named_by_its_usual_name(
+    tmp_path: Path, tiny_tensors: Tensors
+) -> None:
+    flat = _without_text_model(tiny_tensors)
+    del flat[TEXT + "final_layer_norm.weight"]
+    path = _save(flat, tmp_path / "flat.safetensors", declared=False)
+    with pytest.raises(InvalidArgument) as excinfo:
+        check_single_file(path)
+    expected = (
+        f"CLIP text encoder incomplete, 1 tensors missing: {TEXT_MODEL}final_layer_norm.weight"
+    )
+    assert expected in _rule(excinfo)
+
+
+def test_a_text_encoder_tensor_under_both_names_is_refused(
+    tmp_path: Path, tiny_tensors: Tensors
+) -> None:
+    bias = tiny_tensors[TEXT_MODEL + "final_layer_norm.bias"]
+    both = {**tiny_tensors, TEXT + "final_layer_norm.bias": bias.clone()}
+    path = _save(both, tmp_path / "both.safetensors", declared=True)
+    with pytest.raises(InvalidArgument) as excinfo:
+        check_single_file(path)
+    rule = _rule(excinfo)
+    assert "both with and without `text_model.`" in rule
+    assert f"{TEXT_MODEL}final_layer_norm.bias" in rule
+
+
 # --- the SD 1.5 key layout --------------------------------------------------------------------
 
 

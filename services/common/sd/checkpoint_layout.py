@@ -143,6 +143,22 @@ def text_key(key: str) -> str:
     return TEXT_PREFIX + key if key.startswith("text_model.") else TEXT_MODEL_PREFIX + key
 
 
+_TEXT_MODEL_HEADS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
+def with_text_model(name: str) -> str:
+    """`name`, with `text_model.` put back if it is a CLIP text-encoder key written without it.
+
+    transformers 5's `CLIPTextModel` has no `text_model.` level, so a folder it saved, run
+    through diffusers' `convert_diffusers_to_original_stable_diffusion.py`, gives
+    `cond_stage_model.transformer.encoder.…`; A1111 renames such keys when it loads a file,
+    and diffusers' single-file loader only recognises the CLIP text encoder by the long form.
+    """
+    if name.startswith(TEXT_PREFIX) and name[len(TEXT_PREFIX) :].startswith(_TEXT_MODEL_HEADS):
+        return TEXT_MODEL_PREFIX + name[len(TEXT_PREFIX) :]
+    return name
+
+
 def _vae_tensor(name: str, tensor: Tensor) -> Tensor:
     """The CompVis VAE attention uses 1×1 convolutions where diffusers uses linear layers."""
     if ".mid.attn_" in name and tensor.ndim == 2:

@@ -4,8 +4,10 @@ A single file (`.safetensors`, or `.ckpt` through `torch.load(weights_only=True)
 before diffusers sees it: the safetensors header is parsed and bounds-checked by hand, and every
 tensor name and shape is compared with what the chosen architecture needs, so a truncated file, a
 lying header, a code-carrying pickle or a model of another family becomes `InvalidArgument` naming
-the problem. The architecture comes from the file's `sdstack.architecture` metadata, else SD 1.5.
-Loading then takes diffusers' own `from_single_file` path with a locally written config folder.
+the problem. The architecture comes from the file's `sdstack.architecture` metadata, else from
+the U-Net's widths (SD 1.5 when none fits). Text-encoder keys written without `text_model.` are
+renamed as A1111 does. Loading then takes diffusers' own `from_single_file` path with a locally
+written config folder (and a temporary renamed copy of a file that needed renaming).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import pickle
 import shutil
 import struct
 import tempfile
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -37,6 +40,7 @@ from services.common.sd.checkpoint_layout import (
     UNET_PREFIX,
     VAE_PREFIX,
     to_compvis_state_dict,
+    with_text_model,
 )
 from services.common.sd.sd_configs import SD15, TINY, SDArchitecture
 
@@ -57,7 +61,10 @@ FAMILY_HINTS = {
     "model.diffusion_model.double_blocks.": "it looks like a Flux checkpoint",
 }
 
+PARTS = {UNET_PREFIX: "U-Net", VAE_PREFIX: "VAE", TEXT_PREFIX: "CLIP text encoder"}
+
 Shapes = dict[str, tuple[int, ...]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -230,17 +237,37 @@ project's tiny model may also travel as a plain `.ckpt` without metadata."""
 
 
 def detect_architecture(shapes: Shapes, metadata: dict[str, str]) -> SDArchitecture:
-    """The declared architecture, else the first known one the tensors fit (else SD 1.5's
-    error, the one a user with a real file needs to read)."""
+    """The declared architecture, else the first known one whose U-Net widths the file has
+    (else SD 1.5, whose width error is then the real problem).
+
+    Only the widths pick it, not the whole layout: a tiny file with a broken text encoder is
+    then reported as that, against the tiny layout, instead of as an SD 1.5 U-Net too narrow.
+    """
     if ARCH_METADATA_KEY in metadata:
         return architecture_of(metadata)
-    for arch in KNOWN_ARCHITECTURES[1:]:
-        try:
-            validate_layout(shapes, arch)
-        except InvalidArgument:
-            continue
-        return arch
+    for arch in KNOWN_ARCHITECTURES:
+        if _width_problem(shapes, arch) is None:
+            return arch
     return SD15
+
+
+def text_model_renames(names: Collection[str]) -> dict[str, str]:
+    """{file name: layout name} for the text-encoder keys a file holds without `text_model.`
+    (see `checkpoint_layout.with_text_model`); empty for a file in the usual layout.
+
+    A file holding one tensor under both names is refused: which of the two is meant?
+    """
+    renames = {name: new for name in names if (new := with_text_model(name)) != name}
+    both = sorted(new for new in renames.values() if new in names)
+    if both:
+        raise _invalid(
+            "CLIP text encoder tensors appear both with and without `text_model.`: " + _listed(both)
+        )
+    return renames
+
+
+def _renamed(entries: Mapping[str, T], renames: Mapping[str, str]) -> dict[str, T]:
+    return {renames.get(name, name): value for name, value in entries.items()}
 
 
 @lru_cache(maxsize=8)
@@ -259,8 +286,7 @@ def _family_problem(shapes: Shapes) -> str | None:
     for prefix, hint in FAMILY_HINTS.items():
         if any(name.startswith(prefix) for name in shapes):
             return hint
-    parts = {UNET_PREFIX: "U-Net", VAE_PREFIX: "VAE", TEXT_PREFIX: "CLIP text encoder"}
-    for prefix, part in parts.items():
+    for prefix, part in PARTS.items():
         if not any(name.startswith(prefix) for name in shapes):
             return f"it has no {part} weights (no keys under `{prefix}`)"
     return None
@@ -301,7 +327,12 @@ def _tensor_problem(shapes: Shapes, arch: SDArchitecture) -> str | None:
     expected = expected_shapes(arch)
     missing = sorted(name for name in expected if name not in shapes)
     if missing:
-        return f"{len(missing)} tensors missing: {_listed(missing)}"
+        parts = [
+            part for prefix, part in PARTS.items() if any(n.startswith(prefix) for n in missing)
+        ]
+        return (
+            f"{' and '.join(parts)} incomplete, {len(missing)} tensors missing: {_listed(missing)}"
+        )
     wrong = sorted(name for name, shape in expected.items() if not _same_shape(shapes[name], shape))
     if wrong:
         first = wrong[0]
@@ -355,23 +386,53 @@ def _from_single_file(path: Path, folder: Path, dtype: torch.dtype) -> StableDif
     return pipe
 
 
+def _check_shapes(
+    shapes: Shapes, metadata: dict[str, str], architecture: SDArchitecture | None
+) -> tuple[SDArchitecture, dict[str, str]]:
+    """The file's architecture and the renames its keys need, after checking its layout."""
+    renames = text_model_renames(shapes.keys())
+    shapes = _renamed(shapes, renames)
+    arch = architecture or detect_architecture(shapes, metadata)
+    validate_layout(shapes, arch)
+    return arch, renames
+
+
 def check_single_file(path: Path, architecture: SDArchitecture | None = None) -> SDArchitecture:
     """Validate a `.safetensors` single file without loading its weights; return its architecture.
 
     Cheap enough to run on upload: only the header is read.
     """
     shapes, metadata = read_safetensors_header(path)
-    arch = architecture or detect_architecture(shapes, metadata)
-    validate_layout(shapes, arch)
-    return arch
+    return _check_shapes(shapes, metadata, architecture)[0]
+
+
+def _from_tensors(
+    tensors: dict[str, torch.Tensor], folder: Path, config_root: Path, dtype: torch.dtype
+) -> StableDiffusionPipeline:
+    """Hand diffusers a temporary `.safetensors` of `tensors` (which is emptied once written,
+    so that a large model is not held twice while diffusers reads the copy)."""
+    fd, tmp_name = tempfile.mkstemp(suffix=".safetensors", dir=config_root)
+    os.close(fd)
+    try:
+        _write_safetensors(tensors, Path(tmp_name))
+        tensors.clear()
+        return _from_single_file(Path(tmp_name), folder, dtype)
+    finally:
+        os.unlink(tmp_name)
 
 
 def _load_safetensors(
     path: Path, config_root: Path, tokenizer_dir: Path, options: _Options
 ) -> StableDiffusionPipeline:
-    arch = check_single_file(path, options.architecture)
+    """Load the file as it is, or through a renamed copy when its keys need renaming."""
+    shapes, metadata = read_safetensors_header(path)
+    arch, renames = _check_shapes(shapes, metadata, options.architecture)
     folder = config_folder(arch, config_root, tokenizer_dir)
-    return _from_single_file(path, folder, options.dtype)
+    if not renames:
+        return _from_single_file(path, folder, options.dtype)
+    log.info("%s: %d text-encoder keys renamed to have `text_model.`", path.name, len(renames))
+    tensors = _renamed(load_safetensors(path, FIELD), renames)
+    return _from_tensors(tensors, folder, config_root, options.dtype)
 
 
 def _load_ckpt(
@@ -380,17 +441,10 @@ def _load_ckpt(
     """Safe-load the pickle, check it, and hand diffusers a temporary `.safetensors` of it."""
     tensors, metadata = load_ckpt(path)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    arch = options.architecture or detect_architecture(shapes, metadata)
-    validate_layout(shapes, arch)
+    arch, renames = _check_shapes(shapes, metadata, options.architecture)
     folder = config_folder(arch, config_root, tokenizer_dir)
-    fd, tmp_name = tempfile.mkstemp(suffix=".safetensors", dir=config_root)
-    os.close(fd)
-    try:
-        _write_safetensors(tensors, Path(tmp_name))
-        del tensors
-        return _from_single_file(Path(tmp_name), folder, options.dtype)
-    finally:
-        os.unlink(tmp_name)
+    tensors = _renamed(tensors, renames)
+    return _from_tensors(tensors, folder, config_root, options.dtype)
 
 
 def _load_folder(path: Path, tokenizer_dir: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
