@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
@@ -22,6 +24,7 @@ from services.generator.engine import Engine, Event, Failed, Finished, JobHandle
 from services.generator.jobs import ImageResolver, job_from_request
 from services.generator.renderer import RenderedImage
 from services.generator.samplers import SAMPLERS
+from services.generator.upscalers import read_native_scale
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -141,6 +144,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         self.default_checkpoint = default_checkpoint
         self.validate_model = validate_model
         self.resolve_image = resolve_image
+        self._upscaler_scales: dict[str, int] = {}  # by sha256; see _upscaler_scale
 
     def Generate(
         self, request: generator_pb2.GenerateRequest, context: grpc.ServicerContext
@@ -215,7 +219,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         if header.sha256 and header.sha256.lower() != model.sha256:
             self.registry.delete(model.kind, model.name)
             raise InvalidArgument("header.sha256", "does not match the uploaded file")
-        return model_info(model)
+        return model_info(model, self._listed_metadata(model))
 
     def DeleteModel(
         self, request: generator_pb2.DeleteModelRequest, context: grpc.ServicerContext
@@ -246,9 +250,31 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             upscalers=[
                 generator_pb2.UpscalerInfo(name="Lanczos"),
                 generator_pb2.UpscalerInfo(name="Latent"),
-                *(generator_pb2.UpscalerInfo(name=m.name, model_name=m.name) for m in models),
+                *(
+                    generator_pb2.UpscalerInfo(
+                        name=m.name, model_name=m.name, scale=self._upscaler_scale(m)
+                    )
+                    for m in models
+                ),
             ]
         )
+
+    def _upscaler_scale(self, model: StoredModel) -> int:
+        """A model's native scale, read from its tensors' shapes (not its weights) once per
+        sha256; 0 (listed as "any") for a file that is no readable ESRGAN-family model."""
+        if model.sha256 not in self._upscaler_scales:
+            with tempfile.TemporaryDirectory(prefix="sdstack-upscaler-") as folder:
+                path = Path(folder) / f"model.{model.format}"
+                try:
+                    self.registry.store.download(model.bucket, model.key, path)
+                except NotFound:  # deleted since it was listed
+                    return 0
+                try:
+                    scale = read_native_scale(path)
+                except InvalidArgument:
+                    scale = 0
+            self._upscaler_scales[model.sha256] = scale
+        return self._upscaler_scales[model.sha256]
 
     # -- style presets: `styles/<name>.json` in the `loras` bucket (see the Style message) --
 

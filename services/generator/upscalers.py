@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -37,6 +38,8 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.sd.checkpoint_loader import load_safetensors, load_weights_only
 
 Layout = Literal["old", "trunk", "new"]
+Shape = Sequence[int]
+Value = TypeVar("Value")  # what a state dict maps its keys to: tensors, or their shapes
 
 SCALES = (1, 2, 4, 8)
 SHUFFLE_FACTORS = (1, 2, 4)
@@ -168,7 +171,7 @@ def _not_esrgan(problem: str) -> InvalidArgument:
     return InvalidArgument("model", f"not an ESRGAN-family model: {problem}")
 
 
-def detect_layout(state: Mapping[str, torch.Tensor]) -> Layout:
+def detect_layout(state: Mapping[str, object]) -> Layout:
     """Which naming a state dict uses; anything else is not an ESRGAN-family model."""
     if any(".conv1x1." in key for key in state):
         raise _not_esrgan("ESRGAN+ (conv1x1 blocks) is not supported")
@@ -182,7 +185,7 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> Layout:
     raise _not_esrgan(f"unknown key layout (keys like {sample})")
 
 
-def _old_top_indexes(rest: dict[str, torch.Tensor], nb: int) -> dict[str, int]:
+def _old_top_indexes(rest: Mapping[str, object], nb: int) -> dict[str, int]:
     """Map each non-block key of an old-layout dict to its `model.N` index (1 for the trunk)."""
     indexes: dict[str, int] = {}
     for key in rest:
@@ -208,9 +211,9 @@ def _old_index_names(indexes: set[int]) -> dict[int, str]:
     return names
 
 
-def _from_old(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    rest: dict[str, torch.Tensor] = {}
+def _from_old(state: Mapping[str, Value]) -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    rest: dict[str, Value] = {}
     blocks: set[int] = set()
     for key, tensor in state.items():
         match = _OLD_RDB.fullmatch(key)
@@ -227,8 +230,8 @@ def _from_old(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _from_trunk(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+def _from_trunk(state: Mapping[str, Value]) -> dict[str, Value]:
+    out: dict[str, Value] = {}
     for key, tensor in state.items():
         for pattern, replacement in _TRUNK_RENAMES:
             key = pattern.sub(replacement, key)
@@ -236,8 +239,9 @@ def _from_trunk(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_rrdbnet_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename any supported layout to RRDBNet's own (BasicSR) parameter names."""
+def to_rrdbnet_keys(state: Mapping[str, Value]) -> dict[str, Value]:
+    """Rename any supported layout to RRDBNet's own (BasicSR) parameter names (the values, be
+    they tensors or shapes, are kept as they are)."""
     layout = detect_layout(state)
     if layout == "old":
         return _from_old(state)
@@ -279,13 +283,13 @@ def to_layout(state: Mapping[str, torch.Tensor], layout: Layout) -> dict[str, to
 # --- building the network from a state dict --------------------------------------------------
 
 
-def _weight(state: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    tensor = state.get(f"{name}.weight")
-    if tensor is None:
+def _conv_shape(shapes: Mapping[str, Shape], name: str) -> Shape:
+    shape = shapes.get(f"{name}.weight")
+    if shape is None:
         raise _not_esrgan(f"missing {name}.weight")
-    if tensor.ndim != 4:
-        raise _not_esrgan(f"{name}.weight has shape {tuple(tensor.shape)}, not a 2-D conv")
-    return tensor
+    if len(shape) != 4:
+        raise _not_esrgan(f"{name}.weight has shape {tuple(shape)}, not a 2-D conv")
+    return shape
 
 
 def _shuffle_factor(first_in: int, out_nc: int) -> int:
@@ -296,19 +300,33 @@ def _shuffle_factor(first_in: int, out_nc: int) -> int:
     return 1
 
 
-def build_rrdbnet(state: Mapping[str, torch.Tensor]) -> RRDBNet:
-    """An RRDBNet sized from, and loaded with, a state dict in RRDBNet's own names."""
-    first = _weight(state, "conv_first")
-    out_nc = _weight(state, "conv_last").shape[0]
-    gc = _weight(state, "body.0.rdb1.conv1").shape[0]
-    nb = len({m[1] for key in state if (m := _NEW_BODY.match(key))})
-    upsamples = sum(1 for key in state if _NEW_UPCONV.fullmatch(key))
-    shuffle = _shuffle_factor(first.shape[1], out_nc)
+def _scale_and_shuffle(shapes: Mapping[str, Shape]) -> tuple[int, int]:
+    """The model's scale and pixel-unshuffle factor, from RRDBNet-named shapes alone."""
+    first_in = _conv_shape(shapes, "conv_first")[1]
+    out_nc = _conv_shape(shapes, "conv_last")[0]
+    upsamples = sum(1 for key in shapes if _NEW_UPCONV.fullmatch(key))
+    shuffle = _shuffle_factor(first_in, out_nc)
     scale = 2**upsamples // shuffle
     if scale not in SCALES or scale * shuffle != 2**upsamples:
         raise _not_esrgan(f"{upsamples} upconvs with pixel-unshuffle {shuffle} is no known scale")
-    in_nc = first.shape[1] // (shuffle * shuffle)
-    model = RRDBNet(in_nc, out_nc, first.shape[0], nb, gc, scale, shuffle)
+    return scale, shuffle
+
+
+def native_scale(shapes: Mapping[str, Shape]) -> int:
+    """The scale a model file upscales by, from its tensors' names and shapes (any layout)."""
+    return _scale_and_shuffle(to_rrdbnet_keys(shapes))[0]
+
+
+def build_rrdbnet(state: Mapping[str, torch.Tensor]) -> RRDBNet:
+    """An RRDBNet sized from, and loaded with, a state dict in RRDBNet's own names."""
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    scale, shuffle = _scale_and_shuffle(shapes)
+    first = shapes["conv_first.weight"]
+    out_nc = shapes["conv_last.weight"][0]
+    gc = _conv_shape(shapes, "body.0.rdb1.conv1")[0]
+    nb = len({m[1] for key in state if (m := _NEW_BODY.match(key))})
+    in_nc = first[1] // (shuffle * shuffle)
+    model = RRDBNet(in_nc, out_nc, first[0], nb, gc, scale, shuffle)
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:
@@ -320,8 +338,9 @@ def build_rrdbnet(state: Mapping[str, torch.Tensor]) -> RRDBNet:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
-    """The tensors of a bare state dict or one inside `params_ema` / `params` / `state_dict`."""
+def _tensors(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a bare state dict or one inside `params_ema` / `params` / `state_dict`,
+    as stored (not read, where `obj` came memory-mapped)."""
     for _ in range(MAX_NESTING):  # bounded: a pickle can make a dict that contains itself
         if not isinstance(obj, dict):
             break
@@ -338,11 +357,26 @@ def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
     }
     if any(not tensor.is_floating_point() for tensor in tensors.values()):
         raise _not_esrgan("it holds non-floating-point tensors")
-    return {key: tensor.float() for key, tensor in tensors.items()}
+    return tensors
+
+
+def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
+    """The float32 tensors of a bare or wrapped state dict (see `_tensors`)."""
+    return {key: tensor.float() for key, tensor in _tensors(obj).items()}
 
 
 def _read_pickle(path: Path) -> Any:
     return load_weights_only(path, "model")
+
+
+def _map_pickle(path: Path) -> Any:
+    """A pickle with its tensors memory-mapped, not read (zip-format files; still weights only).
+    Anything else (the old format, a damaged or code-carrying file) goes to `_read_pickle`,
+    which reads it whole or refuses it with its own message."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception:  # the unpickler's failures have no common type (see load_weights_only)
+        return _read_pickle(path)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -354,6 +388,27 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return _unwrap(load_safetensors(path, "model"))
     if suffix in PICKLE_SUFFIXES:
         return _unwrap(_read_pickle(path))
+    raise InvalidArgument("model", f"unsupported upscaler file type {suffix or '(none)'}")
+
+
+def read_native_scale(path: Path) -> int:
+    """A model file's scale without loading its weights: the shapes come from a safetensors
+    header, or from a pickle memory-mapped (zip-format `.pth`; the old format can only be read
+    whole). Listings call this, so it must stay cheap for 60 MB files."""
+    if not path.is_file():
+        raise NotFound("upscaler", path.name)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                names = file.keys()  # a safe_open file is not iterable
+                shapes = {key: file.get_slice(key).get_shape() for key in names}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise InvalidArgument("model", f"corrupt .safetensors file: {exc}") from exc
+        return native_scale(shapes)
+    if suffix in PICKLE_SUFFIXES:
+        tensors = _tensors(_map_pickle(path))
+        return native_scale({key: tuple(tensor.shape) for key, tensor in tensors.items()})
     raise InvalidArgument("model", f"unsupported upscaler file type {suffix or '(none)'}")
 
 

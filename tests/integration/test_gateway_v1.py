@@ -19,6 +19,7 @@ from PIL import Image
 
 from services.common.infotext import parse_infotext
 from services.generator.loras import make_kohya_lora
+from services.generator.upscalers import make_esrgan_file
 from tests.stack_fixtures import RunningStack, server_sent_events
 
 pytestmark = [pytest.mark.integration]
@@ -218,6 +219,14 @@ def test_a_model_upload_is_listed_and_used(
     assert "gw-oak" in parse_infotext(image["infotext"]).params["Lora hashes"]
 
 
+def test_an_upload_answers_the_metadata_its_listing_shows(
+    http: httpx.Client, uploaded_lora: dict
+) -> None:
+    (listed,) = [lora for lora in http.get("/v1/loras").json() if lora["name"] == "gw-oak"]
+    assert listed["metadata"]["ss_network_module"] == "networks.lora"
+    assert uploaded_lora["metadata"] == listed["metadata"]
+
+
 def test_a_bad_upload_is_refused_and_not_stored(http: httpx.Client) -> None:
     response = http.post(
         "/v1/models",
@@ -287,6 +296,30 @@ def test_samplers_and_upscalers_are_listed(http: httpx.Client) -> None:
     assert samplers["Euler a"]["options"]["scheduler"] == "EulerAncestralDiscreteScheduler"
     names = {u["name"] for u in http.get("/v1/upscalers").json()}
     assert {"Lanczos", "Latent"} <= names
+
+
+def test_upscalers_are_listed_with_their_native_scale(http: httpx.Client, tmp_path: Path) -> None:
+    """Read from the file's shapes: old-layout `.pth` and Real-ESRGAN-layout safetensors."""
+    files = {
+        "gw-esrgan-4x": make_esrgan_file(tmp_path / "4x.pth", layout="old", scale=4),
+        "gw-esrgan-2x": make_esrgan_file(tmp_path / "2x.safetensors", layout="new", scale=2),
+    }
+    for name, path in files.items():
+        response = http.post(
+            "/v1/models",
+            params={
+                "name": name,
+                "kind": "upscaler",
+                "format": path.suffix.lstrip("."),
+                "overwrite": True,
+            },
+            content=path.read_bytes(),
+        )
+        assert response.status_code == 201, response.text
+    wanted = {"Lanczos": None, "gw-esrgan-4x": 4, "gw-esrgan-2x": 2}
+    for listing in ("/v1/upscalers", "/sdapi/v1/upscalers"):
+        scales = {u["name"]: u["scale"] for u in http.get(listing).json()}
+        assert {name: scales.get(name, "absent") for name in wanted} == wanted, listing
 
 
 def test_docs_page_needs_nothing_from_outside(http: httpx.Client) -> None:

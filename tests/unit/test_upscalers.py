@@ -11,12 +11,14 @@ import torch
 from PIL import Image
 
 from services.common.errors import InvalidArgument, NotFound
+from services.generator import upscalers
 from services.generator.upscalers import (
     RRDBNet,
     Upscaler,
     lanczos,
     load_upscaler,
     make_esrgan_file,
+    read_native_scale,
     resize_to,
     to_layout,
 )
@@ -104,6 +106,48 @@ def test_safetensors_loads(tmp_path: Path) -> None:
         expected = _reference(2)(pixels)
     assert upscaler.name == "m"
     assert torch.equal(_run(upscaler, pixels), expected)
+
+
+def _no_weights(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the weights were read")
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_native_scale_is_read_from_shapes_without_the_weights(
+    tmp_path: Path, scale: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listings read the scale: a safetensors header, a zip-format pickle memory-mapped."""
+    files = [
+        make_esrgan_file(tmp_path / f"{layout}.pth", layout=layout, scale=scale)
+        for layout in LAYOUTS
+    ]
+    files.append(make_esrgan_file(tmp_path / "m.safetensors", layout="old", scale=scale))
+    files.append(
+        make_esrgan_file(tmp_path / "c.pth", layout="trunk", scale=scale, container="params_ema")
+    )
+    monkeypatch.setattr(upscalers, "load_safetensors", _no_weights)
+    monkeypatch.setattr(upscalers, "_read_pickle", _no_weights)
+    for path in files:
+        assert read_native_scale(path) == scale, path.name
+
+
+def test_native_scale_of_old_format_and_bad_files(tmp_path: Path) -> None:
+    state = torch.load(make_esrgan_file(tmp_path / "m.pth", layout="old"), weights_only=True)
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert read_native_scale(tmp_path / "legacy.pth") == 4
+    old_2x = make_esrgan_file(tmp_path / "2x.pth", layout="old", scale=2, shuffle_factor=1)
+    assert read_native_scale(old_2x) == 2
+    marker = tmp_path / "pwned"
+    torch.save({"params_ema": {"x": _Evil(marker)}}, tmp_path / "evil.pth")
+    torch.save(torch.nn.Linear(4, 2).state_dict(), tmp_path / "linear.pth")
+    data = make_esrgan_file(tmp_path / "t.safetensors", layout="new").read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
+    for name in ("evil.pth", "linear.pth", "t.safetensors"):
+        with pytest.raises(InvalidArgument):
+            read_native_scale(tmp_path / name)
+    assert not marker.exists()
+    with pytest.raises(NotFound):
+        read_native_scale(tmp_path / "absent.pth")
 
 
 def test_upscale_image_size_and_seamless_tiles(tmp_path: Path) -> None:
