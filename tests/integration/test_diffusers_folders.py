@@ -3,7 +3,9 @@ fetched back into the local cache, and drawing the same pictures as the single f
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -96,13 +98,59 @@ def test_overwriting_a_folder_leaves_only_the_new_files(
     assert len(after) == len(before)
     assert len(_versions(before)) == len(_versions(after)) == 1
     assert _versions(before) != _versions(after)
-    assert second.sha256 != first.sha256  # the manifest names the new version folder
+    assert second.sha256 == first.sha256  # new version folder, the same files
 
     deleted = generator.stub.DeleteModel(
         generator_pb2.DeleteModelRequest(name="tiny-replaced", kind=CHECKPOINT)
     )
     assert deleted.deleted
     assert _stored_keys(running_stack, "tiny-replaced") == []
+
+
+def _folder_hash(folder: Path) -> str:
+    """A folder's hash by the documented rule, from the files on disk: the sha256 of
+    `sha256sum`'s listing of its files (`<sha256>  <relative path>` lines) sorted by path."""
+    paths = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*"))
+    listing = "".join(
+        f"{hashlib.sha256((folder / path).read_bytes()).hexdigest()}  {path}\n"
+        for path in paths
+        if (folder / path).is_file()
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def test_the_same_folder_imported_twice_has_the_same_hash(
+    running_stack: RunningStack,
+    generator: GeneratorClient,
+    tiny_model_files: TinyModelFiles,
+    tmp_path: Path,
+) -> None:
+    """A folder's hash is its files', not its upload's: the same folder imported again,
+    over itself or under another name, is the same model, and a manifest written before
+    the hash was recorded in it gets the same hash from its file list."""
+    archive = zip_folder(tiny_model_files.diffusers_dir, tmp_path / "tiny.zip")
+    expected = _folder_hash(tiny_model_files.diffusers_dir)
+    store = running_stack.object_store()
+    try:
+        first = _import_zip(generator, archive, "tiny-hashed")
+        again = generator.import_model(
+            archive, name="tiny-hashed", kind=CHECKPOINT, file_format="diffusers", overwrite=True
+        )
+        other = _import_zip(generator, archive, "tiny-hashed-too")
+        assert first.sha256 == again.sha256 == other.sha256 == expected
+        assert first.short_hash == expected[:10]
+        assert first.title == f"tiny-hashed.diffusers [{expected[:10]}]"
+
+        key = "checkpoints/tiny-hashed-too.diffusers"
+        manifest = json.loads(store.get_bytes(MODELS_BUCKET, key))
+        del manifest["sha256"]
+        store.put(MODELS_BUCKET, key, json.dumps(manifest).encode())  # no recorded hash
+        listed = {m.name: m.sha256 for m in generator.list_models(CHECKPOINT).models}
+        assert (listed["tiny-hashed"], listed["tiny-hashed-too"]) == (expected, expected)
+    finally:
+        for name in ("tiny-hashed", "tiny-hashed-too"):
+            generator.stub.DeleteModel(generator_pb2.DeleteModelRequest(name=name, kind=CHECKPOINT))
+        store.close()
 
 
 def _zip_with(tmp_path: Path, source: Path, extra: dict[str, bytes]) -> Path:

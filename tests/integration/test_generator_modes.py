@@ -6,6 +6,7 @@ running stack's store the way users import them, then used by name.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import urllib.request
@@ -19,10 +20,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
+from safetensors.torch import load_file, save_file
 
 from services.common.clients import GeneratorClient
 from services.common.errors import RemoteError
-from services.common.infotext import parse_infotext
+from services.common.infotext import parse_infotext, parse_lora_hashes
+from services.common.object_store import LORAS_BUCKET
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 from services.common.sd.checkpoint_layout import to_compvis_state_dict
 from services.generator.demo_model import DEMO_MODEL_NAME
@@ -250,6 +253,58 @@ def test_loras_are_listed_with_their_kohya_metadata(
     assert metadata["ss_network_dim"] == "4"
     assert metadata["ss_output_name"] == "oak"
     assert metadata["ss_base_model_version"] == "sd_v1"
+
+
+def _a1111_lora_hash(path: Path) -> str:
+    """What A1111 writes in `Lora hashes` for a safetensors LoRA, by its rule (kohya's
+    addnet hash): skip the 8-byte little-endian header length n and the n header bytes,
+    sha256 the rest, keep 12 hex."""
+    with path.open("rb") as file:
+        header_length = int.from_bytes(file.read(8), "little")
+        file.seek(8 + header_length)
+        return hashlib.sha256(file.read()).hexdigest()[:12]
+
+
+def test_lora_hashes_are_a1111s_and_survive_new_metadata(
+    running_stack: RunningStack,
+    generator: GeneratorClient,
+    tiny_pipe: StableDiffusionPipeline,
+    tmp_path: Path,
+) -> None:
+    """The same tensors saved with other metadata (a re-save, an edited description) are
+    the same LoRA to A1111 and Civitai: imported, or put into the bucket by another tool,
+    they get its hash, in the listing, the infotext and the image's settings."""
+    original = make_kohya_lora(tiny_pipe, tmp_path / "fig.safetensors", seed=5, scale=2.0)
+    tensors = load_file(original)
+    resaved = tmp_path / "fig-resaved.safetensors"
+    save_file(tensors, resaved, metadata={"ss_output_name": "fig", "ss_training_comment": "v2"})
+    foreign = tmp_path / "fig-foreign.safetensors"
+    save_file(tensors, foreign, metadata={"ss_output_name": "figs", "modelspec.title": "Figs"})
+    files = {"fig-style": original, "fig-resaved": resaved, "fig-foreign": foreign}
+    assert len({hashlib.sha256(path.read_bytes()).hexdigest() for path in files.values()}) == 3
+    expected = _a1111_lora_hash(original)
+    assert _a1111_lora_hash(resaved) == _a1111_lora_hash(foreign) == expected
+
+    lora = common_pb2.MODEL_KIND_LORA
+    for name in ("fig-style", "fig-resaved"):
+        info = generator.import_model(files[name], name=name, kind=lora, file_format="safetensors")
+        assert info.short_hash == expected
+    store = running_stack.object_store()
+    store.put_file(LORAS_BUCKET, "fig-foreign.safetensors", foreign)  # behind its back
+    try:
+        listed = {m.name: m.short_hash for m in generator.list_models(lora).models}
+        assert {name: listed[name] for name in files} == dict.fromkeys(files, expected)
+        prompt = "a pavilion <lora:fig-style:0.4> <lora:fig-resaved:0.3> <lora:fig-foreign:0.3>"
+        (image,) = _run(generator, params={"prompt": prompt})
+        written = parse_lora_hashes(parse_infotext(image.infotext).params["Lora hashes"])
+        assert written == dict.fromkeys(files, expected)
+        assert [(ref.name, ref.short_hash) for ref in image.params.loras] == [
+            (name, expected) for name in files
+        ]
+    finally:
+        for name in files:
+            generator.stub.DeleteModel(generator_pb2.DeleteModelRequest(name=name, kind=lora))
+        store.close()
 
 
 def test_unknown_lora_is_a_clear_error(generator: GeneratorClient) -> None:

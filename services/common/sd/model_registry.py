@@ -1,18 +1,42 @@
-"""The models the store holds: checkpoints, VAEs, upscalers, taggers (bucket `models`)
+r"""The models the store holds: checkpoints, VAEs, upscalers, taggers (bucket `models`)
 and LoRAs (bucket `loras`). The generator is the one writer of both buckets.
 
 Object keys: `checkpoints/<name>.<ext>`, `vae/<name>.<ext>`, `upscalers/<name>.<ext>`,
 `taggers/<name>.<ext>` in `models`; `<name>.safetensors` in `loras`.
 
-A diffusers folder is uploaded as a zip and stored as its files under
-`checkpoints/<name>/<version>/` plus a manifest `checkpoints/<name>.diffusers` (JSON: each
-file's path, size and sha256) written last: a half-finished upload has no manifest and so
-is no model, and the manifest's own sha256 identifies the folder's content (its first 10
-hex are the short hash shown for it, as A1111 does for single files).
+Hashes, as the ecosystem computes them:
+
+- A single file (checkpoint, VAE, ...) is identified by the sha256 of the whole file, which
+  the object store records with every object; its short hash is the first 10 hex (A1111's
+  "new" model hash).
+- A LoRA is also known by A1111's "addnet" hash (kohya's `addnet_hash_safetensors`): the
+  sha256 of the file's bytes after the safetensors header (the 8-byte little-endian header
+  length n, then n bytes of JSON header), so re-saving the same tensors with other metadata
+  keeps it. A1111 writes its first 12 hex in `Lora hashes` and Civitai looks LoRAs up by it
+  (AutoV3); a LoRA that is not a safetensors file falls back to the sha256 of the whole
+  file, as A1111 does. It is computed on import and kept in the object's user metadata
+  (`addnet-sha256`), so listings cost nothing more; a LoRA put into the bucket by another
+  tool is hashed from the store once (ranged reads of the bytes after its header) and
+  remembered for this process by its ETag. A1111 prefers a `sshs_model_hash` found in the
+  file's own metadata; sdstack hashes the bytes instead, which gives the same value for
+  every file whose claim is true and the right one for a file whose claim is stale.
+- A diffusers folder is uploaded as a zip and stored as its files under
+  `checkpoints/<name>/<version>/` plus a manifest `checkpoints/<name>.diffusers` (JSON: each
+  file's path, size and sha256) written last: a half-finished upload has no manifest and so
+  is no model. The folder's sha256 is that of the `sha256sum` listing of its files: one
+  line `<sha256 of the file>  <path relative to the folder, with />` per file, sorted by
+  path (code points, which is byte order in UTF-8), each ending in `\n`, in UTF-8. It
+  depends on the files' contents and names only, so the same folder imported twice (or
+  under another name) has the same hash, and anyone can recompute it with
+  `find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum`
+  inside the folder. Its first 10 hex are the short hash shown for it. It is kept in the
+  manifest and in the manifest object's user metadata (`folder-sha256`); a manifest
+  without it (written before it was) is hashed from its file list.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -26,7 +50,7 @@ from pathlib import Path
 
 from services.common.archives import extract_zip, safe_member_path
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET, ObjectStore
+from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET, ObjectInfo, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
 
 Kind = int  # a common_pb2.ModelKind value
@@ -62,6 +86,12 @@ _FOLDER_SUFFIXES = frozenset({".json", ".txt", ".safetensors"})
 _FOLDER_MAX_BYTES = 16 << 30
 _FOLDER_MAX_FILES = 256
 _MAX_METADATA_HEADER_BYTES = 16 << 20
+ADDNET_SHA256_META = "addnet-sha256"
+"""User metadata of a stored LoRA: its A1111 addnet hash (64 hex)."""
+FOLDER_SHA256_META = "folder-sha256"
+"""User metadata of a diffusers manifest: the folder's sha256 (64 hex)."""
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HASH_CHUNK_BYTES = 8 << 20
 _NAME = re.compile(r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$")
 
 
@@ -75,10 +105,17 @@ class StoredModel:
     size_bytes: int
     format: str
     created_at: datetime | None
+    addnet_sha256: str = ""
+    """A LoRA's A1111 addnet hash (sha256 of its bytes after the safetensors header);
+    "" for other kinds and for LoRAs that are not safetensors files."""
 
     @property
     def short_hash(self) -> str:
-        """A1111's short hash: the first 10 hex of the sha256."""
+        """A1111's short hash: for a LoRA the first 12 hex of its addnet hash (of the
+        file's sha256 when it has none), as `Lora hashes` and Civitai use it; for every
+        other kind the first 10 hex of the file's sha256."""
+        if self.kind == common_pb2.MODEL_KIND_LORA:
+            return (self.addnet_sha256 or self.sha256)[:12]
         return self.sha256[:10]
 
     @property
@@ -110,6 +147,9 @@ class ModelRegistry:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._metadata: dict[str, dict[str, str]] = {}
+        self._hashed: dict[tuple[str, str, str], str] = {}
+        """Hashes computed from the store for objects that do not carry them, by
+        (bucket, key, ETag): each is read once per process."""
 
     def file_metadata(self, model: StoredModel) -> dict[str, str]:
         """The `__metadata__` of a stored `.safetensors` file (kohya's `ss_*` for LoRAs),
@@ -184,7 +224,10 @@ class ModelRegistry:
         if validate is not None:
             validate(path, kind, file_format)
         bucket, prefix = _PLACES[kind]
-        self.store.put_file(bucket, f"{prefix}{name}.{file_format}", path)
+        metadata: dict[str, str] = {}
+        if kind == common_pb2.MODEL_KIND_LORA and file_format == "safetensors":
+            metadata[ADDNET_SHA256_META] = addnet_sha256(path)
+        self.store.put_file(bucket, f"{prefix}{name}.{file_format}", path, metadata=metadata)
         self._drop_other_formats(kind, name, keep=file_format)
         return self.find(kind, name)
 
@@ -210,12 +253,19 @@ class ModelRegistry:
                 relative = path.relative_to(root).as_posix()
                 info = self.store.put_file(MODELS_BUCKET, folder_prefix + relative, path)
                 files.append({"path": relative, "size": info.size, "sha256": info.sha256})
-        manifest = {"format": DIFFUSERS, "prefix": folder_prefix, "files": files}
+        folder_sha256 = folder_files_sha256(files)
+        manifest = {
+            "format": DIFFUSERS,
+            "prefix": folder_prefix,
+            "files": files,
+            "sha256": folder_sha256,
+        }
         self.store.put(
             MODELS_BUCKET,
             f"checkpoints/{name}.{DIFFUSERS}",
             json.dumps(manifest, sort_keys=True).encode(),
             content_type="application/json",
+            metadata={FOLDER_SHA256_META: folder_sha256},
         )
         self._delete_folder_files(name, keep=folder_prefix)
         self._drop_other_formats(kind, name, keep=DIFFUSERS)
@@ -293,16 +343,95 @@ class ModelRegistry:
         if "/" in stem or file_format not in FORMATS[kind]:
             return None
         info = self.store.stat(bucket, key)
+        sha256, addnet = info.sha256, ""
+        if file_format == DIFFUSERS:
+            sha256 = self._folder_sha256(info)
+        elif kind == common_pb2.MODEL_KIND_LORA and file_format == "safetensors":
+            addnet = self._addnet_sha256(info)
         return StoredModel(
             name=stem,
             kind=kind,
             bucket=bucket,
             key=key,
-            sha256=info.sha256,
+            sha256=sha256,
             size_bytes=info.size,
             format=file_format,
             created_at=info.last_modified,
+            addnet_sha256=addnet,
         )
+
+    def _folder_sha256(self, manifest: ObjectInfo) -> str:
+        """The folder's hash from its manifest's user metadata, else from its file list."""
+        recorded = manifest.metadata.get(FOLDER_SHA256_META, "")
+        if _SHA256_HEX.match(recorded):
+            return recorded
+        return self._remembered(manifest, self._hash_manifest)
+
+    def _hash_manifest(self, manifest: ObjectInfo) -> str:
+        try:
+            files = json.loads(self.store.get_bytes(manifest.bucket, manifest.key))["files"]
+            return folder_files_sha256(files)
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return manifest.sha256  # not a manifest sdstack wrote: at least its bytes
+
+    def _addnet_sha256(self, lora: ObjectInfo) -> str:
+        """The LoRA's addnet hash from its user metadata, else read from the store."""
+        recorded = lora.metadata.get(ADDNET_SHA256_META, "")
+        if _SHA256_HEX.match(recorded):
+            return recorded
+        return self._remembered(lora, self._hash_after_header)
+
+    def _hash_after_header(self, lora: ObjectInfo) -> str:
+        """The addnet hash of a stored file, in ranged reads of a few MiB (never all of
+        it in memory)."""
+        prefix = self.store.get_range(lora.bucket, lora.key, 0, 8) if lora.size >= 8 else b""
+        offset = _tensor_data_offset(prefix, lora.size)
+        digest = hashlib.sha256()
+        while offset < lora.size:
+            chunk = self.store.get_range(lora.bucket, lora.key, offset, _HASH_CHUNK_BYTES)
+            if not chunk:
+                break
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest()
+
+    def _remembered(self, info: ObjectInfo, compute: Callable[[ObjectInfo], str]) -> str:
+        """`compute(info)`, once per version of the object (its ETag) in this process."""
+        version = (info.bucket, info.key, info.etag or info.sha256)
+        if version not in self._hashed:
+            self._hashed[version] = compute(info)
+        return self._hashed[version]
+
+
+def addnet_sha256(path: Path) -> str:
+    """A1111's addnet hash of a local LoRA file (kohya's `addnet_hash_safetensors`): the
+    sha256 of what follows its safetensors header; of the whole file when it does not
+    start with a header length that fits in it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        file.seek(_tensor_data_offset(prefix, path.stat().st_size))
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tensor_data_offset(prefix: bytes, size: int) -> int:
+    """Where a safetensors file of `size` bytes starting with `prefix` keeps its tensors:
+    after the 8-byte little-endian header length n and the n header bytes; 0 when
+    `prefix` is no such length."""
+    if len(prefix) < 8:
+        return 0
+    (length,) = struct.unpack("<Q", prefix[:8])
+    return 8 + length if 8 + length <= size else 0
+
+
+def folder_files_sha256(files: Iterable[dict[str, object]]) -> str:
+    """A diffusers folder's hash from its files' `path` and `sha256` (see the module
+    docstring): the sha256 of their `sha256sum` listing, sorted by path."""
+    entries = sorted((str(f["path"]), str(f["sha256"])) for f in files)
+    listing = "".join(f"{sha256}  {path}\n" for path, sha256 in entries)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _model_index_folder(unpacked: Path) -> Path:
