@@ -98,14 +98,13 @@ def reference(args: argparse.Namespace) -> tuple[float, int]:
 
 
 def sdstack(args: argparse.Namespace, cached: bool) -> tuple[float, int]:
-    from services.common.proto.sdstack.v1 import trainer_pb2
     from services.generator.tiny_model import build_tiny_pipeline
-    from services.trainer.plan import resolve_config
+    from services.trainer.config import MixedPrecision, RequestedConfig, resolve_config
     from services.trainer.training import LoraTrainer, TrainingHooks, TrainingImage
 
     device = torch.device(args.device)
     config = resolve_config(
-        trainer_pb2.TrainingConfig(
+        RequestedConfig(
             dataset_id="a" * 32,
             base_model="tiny",
             output_name="bench",
@@ -120,7 +119,7 @@ def sdstack(args: argparse.Namespace, cached: bool) -> tuple[float, int]:
             seed=0,
             cache_latents=cached,
             cache_text_embeddings=cached,
-            mixed_precision=trainer_pb2.MIXED_PRECISION_NO,
+            mixed_precision=MixedPrecision.NO,
         )
     )
     images = [

@@ -3,6 +3,11 @@
 The trainer service and its workers (local child processes or Kubernetes Jobs) share this
 table: the service queues and claims jobs, the worker writes progress and the final state.
 Every read by a user is scoped by owner; another owner's job is reported as missing.
+
+A job's estimate, with the resolved configuration inside it, is stored as the JSON of its
+`to_dict` (marked with `ESTIMATE_FORMAT`) and read back with `from_dict`: what the service
+resolved is what the worker trains with. Jobs stored before hold the estimate's protobuf
+JSON, which is still read.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.errors import NotFound
 from services.common.proto.sdstack.v1 import trainer_pb2
+from services.trainer.config import TrainingConfig
+from services.trainer.messages import estimate_from_message
+from services.trainer.plan import TrainingEstimate
 
 QUEUED = trainer_pb2.TRAINING_STATE_QUEUED
 PREPARING = trainer_pb2.TRAINING_STATE_PREPARING
@@ -44,6 +52,7 @@ FAILED = trainer_pb2.TRAINING_STATE_FAILED
 CANCELLED = trainer_pb2.TRAINING_STATE_CANCELLED
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE_STATES = frozenset({PREPARING, RUNNING})
+ESTIMATE_FORMAT = 2  # 1: protobuf JSON of a TrainingEstimate, without a "format" key
 
 metadata = MetaData()
 training_jobs = Table(
@@ -88,7 +97,7 @@ class JobRecord:
     owner: str
     request_id: str
     state: int
-    estimate: trainer_pb2.TrainingEstimate
+    estimate: TrainingEstimate
     step: int = 0
     epoch: int = 0
     loss: float = 0.0
@@ -107,7 +116,7 @@ class JobRecord:
     worker: str = ""
 
     @property
-    def config(self) -> trainer_pb2.TrainingConfig:
+    def config(self) -> TrainingConfig:
         return self.estimate.resolved
 
     @property
@@ -115,14 +124,24 @@ class JobRecord:
         return self.state in FINAL_STATES
 
 
+def _estimate_json(estimate: TrainingEstimate) -> str:
+    return json.dumps({"format": ESTIMATE_FORMAT, **estimate.to_dict()})
+
+
+def _estimate_from_json(text: str) -> TrainingEstimate:
+    values = json.loads(text)
+    if values.pop("format", None) == ESTIMATE_FORMAT:
+        return TrainingEstimate.from_dict(values)
+    return estimate_from_message(json_format.Parse(text, trainer_pb2.TrainingEstimate()))
+
+
 def _from_row(row: Any) -> JobRecord:
-    estimate = json_format.Parse(row.estimate, trainer_pb2.TrainingEstimate())
     return JobRecord(
         id=row.id,
         owner=row.owner,
         request_id=row.request_id,
         state=row.state,
-        estimate=estimate,
+        estimate=_estimate_from_json(row.estimate),
         step=row.step,
         epoch=row.epoch,
         loss=row.loss,
@@ -152,7 +171,7 @@ class JobStore:
         metadata.create_all(self.engine)
 
     def create(
-        self, owner: str, request_id: str, estimate: trainer_pb2.TrainingEstimate
+        self, owner: str, request_id: str, estimate: TrainingEstimate
     ) -> tuple[JobRecord, bool]:
         """A new QUEUED job, or the owner's existing job of the same request id (a retried
         StartTraining); the flag says whether it is new."""
@@ -162,7 +181,7 @@ class JobStore:
             "owner": owner,
             "request_id": request_id,
             "state": QUEUED,
-            "estimate": json_format.MessageToJson(estimate, indent=None),
+            "estimate": _estimate_json(estimate),
             "created_at": _now(),
         }
         try:

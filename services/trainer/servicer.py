@@ -14,6 +14,7 @@ from services.common.proto.sdstack.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.datasets import Dataset, DatasetImage, DatasetStore, check_dataset_id
 from services.trainer.fitting import buckets_for
 from services.trainer.jobs import JobRecord
+from services.trainer.messages import config_from_message, estimate_message
 from services.trainer.tagger import (
     DEFAULT_CHARACTER_THRESHOLD,
     DEFAULT_THRESHOLD,
@@ -79,7 +80,7 @@ def job_message(job: JobRecord) -> trainer_pb2.TrainingJob:
         id=job.id,
         owner=job.owner,
         state=job.state,  # type: ignore[arg-type]
-        estimate=job.estimate,
+        estimate=estimate_message(job.estimate),
         step=job.step,
         epoch=job.epoch,
         loss=job.loss,
@@ -197,11 +198,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     # -- trainings --------------------------------------------------------------------------
 
     def EstimateTraining(self, request, context):
-        return self.trainings.estimate(request.owner, request.config)
+        config = config_from_message(request.config)
+        return estimate_message(self.trainings.estimate(request.owner, config))
 
     def StartTraining(self, request, context):
-        job = self.trainings.start(request.owner, request.request_id, request.config)
-        return job_message(job)
+        config = config_from_message(request.config)
+        return job_message(self.trainings.start(request.owner, request.request_id, config))
 
     def GetTraining(self, request, context):
         return job_message(self.trainings.get(request.owner, request.job_id))

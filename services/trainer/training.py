@@ -30,8 +30,8 @@ from PIL import Image
 from torch import nn
 
 from services.common.errors import FailedPrecondition
-from services.common.proto.sdstack.v1 import trainer_pb2
 from services.trainer import fitting, state
+from services.trainer.config import MixedPrecision, Optimizer, TrainingConfig
 from services.trainer.lora_format import (
     TEXT_TARGETS,
     UNET_TARGETS,
@@ -96,12 +96,12 @@ class Precision:
     name: str
 
 
-def choose_precision(mode: int, device: torch.device) -> Precision:
+def choose_precision(mode: MixedPrecision, device: torch.device) -> Precision:
     """bf16 wherever it is asked for (CPUs autocast to bf16 too, and AMX runs it fast); fp16
     by default on a GPU; otherwise float32 throughout (fp16 autocast is a GPU feature)."""
-    if mode == trainer_pb2.MIXED_PRECISION_BF16:
+    if mode == MixedPrecision.BF16:
         return Precision(device, torch.bfloat16, torch.bfloat16, "bf16")
-    if device.type != "cuda" or mode == trainer_pb2.MIXED_PRECISION_NO:
+    if device.type != "cuda" or mode == MixedPrecision.NO:
         return Precision(device, torch.float32, None, "no")
     return Precision(device, torch.float16, torch.float16, "fp16")
 
@@ -114,9 +114,7 @@ def to_tensor(picture: Image.Image) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def fit_pictures(
-    images: Sequence[TrainingImage], config: trainer_pb2.TrainingConfig
-) -> list[Image.Image]:
+def fit_pictures(images: Sequence[TrainingImage], config: TrainingConfig) -> list[Image.Image]:
     if config.bucketing:
         buckets = fitting.buckets_for(config.resolution, minimum=min(256, config.resolution))
         return [fitting.fit_bucket(image.picture, buckets) for image in images]
@@ -178,9 +176,9 @@ def encode_latent_dist(
 
 
 def make_optimizer(
-    kind: int, groups: list[dict[str, Any]], device: torch.device
+    kind: Optimizer, groups: list[dict[str, Any]], device: torch.device
 ) -> torch.optim.Optimizer:
-    if kind == trainer_pb2.OPTIMIZER_ADAMW_8BIT:
+    if kind == Optimizer.ADAMW_8BIT:
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
         except ImportError:
@@ -192,18 +190,18 @@ def make_optimizer(
                 "here; choose ADAMW, LION or PRODIGY"
             )
         return bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
-    if kind == trainer_pb2.OPTIMIZER_LION:
+    if kind == Optimizer.LION:
         from lion_pytorch import Lion
 
         return Lion(groups, weight_decay=1e-2)
-    if kind == trainer_pb2.OPTIMIZER_PRODIGY:
+    if kind == Optimizer.PRODIGY:
         from prodigyopt import Prodigy
 
         return Prodigy(groups, weight_decay=1e-2, use_bias_correction=True, safeguard_warmup=True)
     return torch.optim.AdamW(groups, weight_decay=1e-2)
 
 
-def optimizer_available(kind: int, device: torch.device) -> str | None:
+def optimizer_available(kind: Optimizer, device: torch.device) -> str | None:
     """Why `kind` cannot run on `device`, or None."""
     try:
         make_optimizer(kind, [{"params": [nn.Parameter(torch.zeros(1))], "lr": 1e-4}], device)
@@ -277,7 +275,7 @@ class LoraTrainer:
         self,
         pipe: StableDiffusionPipeline,
         images: Sequence[TrainingImage],
-        config: trainer_pb2.TrainingConfig,
+        config: TrainingConfig,
         *,
         total_steps: int,
         state_dir: Path,

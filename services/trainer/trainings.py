@@ -16,13 +16,13 @@ import torch
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.object_store import DATASETS_BUCKET, MODELS_BUCKET, ObjectStore
-from services.common.proto.sdstack.v1 import trainer_pb2
 from services.common.request_context import current_request_id, is_valid_request_id, new_request_id
 from services.trainer import jobs as states
+from services.trainer.config import RequestedConfig, resolve_config
 from services.trainer.datasets import Dataset, DatasetStore, check_owner
 from services.trainer.dispatcher import Dispatcher
 from services.trainer.jobs import JobRecord, JobStore
-from services.trainer.plan import DatasetShape, estimate, resolve_config
+from services.trainer.plan import DatasetShape, TrainingEstimate, estimate
 from services.trainer.training import optimizer_available
 
 WATCH_POLL_S = 0.3
@@ -72,15 +72,13 @@ class Trainings:
         self.dispatcher = dispatcher
         self.local_device = local_device
 
-    def estimate(
-        self, owner: str, config: trainer_pb2.TrainingConfig
-    ) -> trainer_pb2.TrainingEstimate:
+    def estimate(self, owner: str, config: RequestedConfig) -> TrainingEstimate:
         check_owner(owner)
         resolved = resolve_config(config)
         dataset = self.datasets.get(owner, resolved.dataset_id)
         return estimate(resolved, dataset_shape(dataset))
 
-    def start(self, owner: str, request_id: str, config: trainer_pb2.TrainingConfig) -> JobRecord:
+    def start(self, owner: str, request_id: str, config: RequestedConfig) -> JobRecord:
         request_id = request_id or current_request_id() or new_request_id()
         if not is_valid_request_id(request_id):
             raise InvalidArgument("request_id", "at most 64 of A-Z a-z 0-9 _ . -")

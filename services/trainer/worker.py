@@ -250,7 +250,7 @@ def _publish(
         "batch_size": config.batch_size,
         "lr_scheduler": config.lr_scheduler,
         "lr_warmup_steps": config.lr_warmup_steps,
-        "optimizer": _optimizer_name(config.optimizer),
+        "optimizer": config.optimizer.name,
         "resolution": config.resolution,
         "bucketing": config.bucketing,
         "gradient_checkpointing": config.gradient_checkpointing,
@@ -261,7 +261,7 @@ def _publish(
         "noise_offset": round(config.noise_offset, 6),
         "min_snr_gamma": round(config.min_snr_gamma, 6),
         "repeats": config.repeats,
-        "preset": config.preset,
+        "preset": config.preset.value,
         "dataset_id": config.dataset_id,
     }
     metadata = kohya_metadata(
@@ -289,12 +289,6 @@ def _publish(
             )
     context.jobs.set_lora(job.id, name, size)
     log.info("job %s wrote LoRA %s (%d bytes, step %d)", job.id, name, size, step)
-
-
-def _optimizer_name(value: int) -> str:
-    from services.common.proto.sdstack.v1 import trainer_pb2
-
-    return trainer_pb2.Optimizer.Name(value).removeprefix("OPTIMIZER_")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,15 +14,10 @@ from PIL import Image
 from services.common.errors import InvalidArgument
 from services.common.proto.sdstack.v1 import trainer_pb2
 from services.trainer import fitting, state
+from services.trainer.config import Preset, RequestedConfig, resolve_config
 from services.trainer.datasets import repeats_of
 from services.trainer.jobs import JobRecord
-from services.trainer.plan import (
-    DatasetShape,
-    bucket_resolutions,
-    estimate,
-    nearest_bucket,
-    resolve_config,
-)
+from services.trainer.plan import DatasetShape, bucket_resolutions, estimate, nearest_bucket
 from services.trainer.runners import load_template_file, render_job
 from services.trainer.tagger import Tagger, parse_tags_csv, tags_from_onnx
 from services.trainer.tags import TagEdit, tag_frequency
@@ -31,9 +26,9 @@ from tests.trainer_support import build_tagger, striped_picture, tags_csv
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "trainer-job.yaml"
 
 
-def config(**fields: object) -> trainer_pb2.TrainingConfig:
+def config(**fields: object) -> RequestedConfig:
     base = {"dataset_id": "a" * 32, "base_model": "tiny", "output_name": "office", "seed": 1}
-    return trainer_pb2.TrainingConfig(**{**base, **fields})
+    return RequestedConfig(**{**base, **fields})
 
 
 def square(n: int, repeats: int = 1) -> DatasetShape:
@@ -73,15 +68,11 @@ def test_warnings_outside_the_recommended_range() -> None:
 
 
 def test_presets_fill_repeats_and_warn_outside_their_range() -> None:
-    anime = resolve_config(config(preset=trainer_pb2.TRAINING_PRESET_ANIME))
+    anime = resolve_config(config(preset=Preset.ANIME))
     assert 10 <= anime.repeats <= 16 and anime.clip_skip == 2
-    assert resolve_config(config(preset=trainer_pb2.TRAINING_PRESET_REALISTIC)).repeats in range(
-        17, 36
-    )
-    assert resolve_config(config(preset=trainer_pb2.TRAINING_PRESET_SCENE)).repeats >= 50
-    odd = estimate(
-        resolve_config(config(preset=trainer_pb2.TRAINING_PRESET_SCENE, repeats=5)), square(20)
-    )
+    assert resolve_config(config(preset=Preset.REALISTIC)).repeats in range(17, 36)
+    assert resolve_config(config(preset=Preset.SCENE)).repeats >= 50
+    odd = estimate(resolve_config(config(preset=Preset.SCENE, repeats=5)), square(20))
     assert any("preset scene recommends repeats 50 or more" in w for w in odd.warnings)
 
 
@@ -169,7 +160,7 @@ def test_the_kubernetes_job_is_rendered_from_the_deploy_template() -> None:
         owner="ada",
         request_id="r1",
         state=trainer_pb2.TRAINING_STATE_PREPARING,
-        estimate=trainer_pb2.TrainingEstimate(),
+        estimate=estimate(resolve_config(config()), square(1)),
         attempts=2,
     )
     manifest = render_job(load_template_file(TEMPLATE), job, "sdstack")

@@ -12,11 +12,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from services.common.proto.sdstack.v1 import trainer_pb2
 from services.generator.loras import inspect_lora
 from services.generator.tiny_model import build_tiny_pipeline
+from services.trainer.config import MixedPrecision, RequestedConfig, TrainingConfig, resolve_config
 from services.trainer.lora_format import kohya_metadata, write_lora
-from services.trainer.plan import resolve_config
 from services.trainer.training import LoraTrainer, TrainingImage, validation_loss
 from tests.trainer_support import striped_picture
 
@@ -33,7 +32,7 @@ class Trained:
     lora: Path
 
 
-def _config(**fields: object) -> trainer_pb2.TrainingConfig:
+def _config(**fields: object) -> TrainingConfig:
     values = {
         "dataset_id": "a" * 32,
         "base_model": "tiny",
@@ -49,7 +48,7 @@ def _config(**fields: object) -> trainer_pb2.TrainingConfig:
         "resolution": 64,
         "seed": 7,
     }
-    return resolve_config(trainer_pb2.TrainingConfig(**{**values, **fields}))
+    return resolve_config(RequestedConfig(**{**values, **fields}))
 
 
 def _images() -> list[TrainingImage]:
@@ -87,7 +86,7 @@ def trained(clip_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return Trained(base, trainer, lora)
 
 
-def _described(config: trainer_pb2.TrainingConfig) -> dict[str, object]:
+def _described(config: TrainingConfig) -> dict[str, object]:
     fields = (
         "network_dim", "network_alpha", "learning_rate", "unet_lr", "text_encoder_lr",
         "train_text_encoder", "epochs", "batch_size", "lr_scheduler", "lr_warmup_steps",
@@ -163,7 +162,7 @@ def test_bf16_asked_for_on_a_cpu_trains_in_bf16_and_learns(
     """MIXED_PRECISION_BF16 is used on a CPU too (it was silently float32 there): the frozen
     weights run in bfloat16 under autocast, the LoRA says so in its metadata, and the LoRA,
     loaded into the float32 model, has learned the dataset."""
-    config = _config(mixed_precision=trainer_pb2.MIXED_PRECISION_BF16)
+    config = _config(mixed_precision=MixedPrecision.BF16)
     trainer = LoraTrainer(
         build_tiny_pipeline(clip_tokenizer_dir),
         _images(),
