@@ -22,9 +22,9 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Literal
 
 import grpc
 from starlette.requests import Request
@@ -38,6 +38,9 @@ from services.common.errors import (
     SdstackError,
     Unavailable,
 )
+from services.common.generation import GenerationRequest, ImageSource, LoraUse, Settings
+from services.common.generation.proto import request_to_proto, settings_from_proto
+from services.common.generation.request import Renamer, renamed, validated
 from services.common.images import MAX_IMAGE_BYTES, decode_image
 from services.common.proto.sdstack.v1 import common_pb2, gallery_pb2, generator_pb2
 
@@ -47,9 +50,6 @@ INPUT_PIXEL_FACTOR = 4  # inputs may be larger than outputs: they are resized or
 KEEP_FINISHED_SECONDS = 300.0
 DEADLINE_MARGIN_SECONDS = 30.0
 MAX_JOB_ID_CHARS = 64
-PreviewMethod = Literal["Approx cheap", "TAESD", "Full"]
-"""The generator's live preview types, by A1111's names (`PreviewOptions.method`)."""
-PREVIEW_METHODS: tuple[str, ...] = get_args(PreviewMethod)
 _DATA_URL = re.compile(r"^data:[\w/+.\-]+;base64,", re.IGNORECASE)
 _IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4
@@ -80,46 +80,30 @@ def check_image_id(image_id: str, field_name: str) -> str:
     return image_id
 
 
-def check_pixel_budget(width: int, height: int, max_pixels: int, field_name: str) -> None:
-    if width * height > max_pixels:
-        raise InvalidArgument(field_name, f"width×height must be at most {max_pixels} pixels")
+def image_from_base64(text: str, field_name: str, max_pixels: int) -> ImageSource:
+    """A request's inline image, decoded from base64 and checked."""
+    data = decode_base64(text, field_name)
+    check_image(data, field_name, max_pixels)
+    return ImageSource(data=data)
 
 
-@dataclass(frozen=True)
-class ImageInput:
-    """An image of a request: bytes already checked, or the id of a gallery image."""
-
-    field: str
-    data: bytes = b""
-    image_id: str = ""
-
-    @classmethod
-    def from_base64(cls, text: str, field_name: str, max_pixels: int) -> ImageInput:
-        data = decode_base64(text, field_name)
-        check_image(data, field_name, max_pixels)
-        return cls(field_name, data=data)
-
-    @classmethod
-    def from_gallery(cls, image_id: str, field_name: str) -> ImageInput:
-        return cls(field_name, image_id=check_image_id(image_id, field_name))
-
-
-Slot = Literal["img2img.init_image", "inpaint.mask", "upscale.image", "variation.source"]
+def image_from_gallery(image_id: str, field_name: str) -> ImageSource:
+    return ImageSource(image_id=check_image_id(image_id, field_name))
 
 
 @dataclass
 class GenerationOrder:
-    """A validated job as the gateway received it: the generator request, with the
-    images still to be put in their slots (gallery ids are fetched as the owner)."""
+    """A checked request as the gateway received it; its gallery images are fetched as
+    the owner, and its styles applied, when it starts."""
 
     owner: str
     request_id: str
-    request: generator_pb2.GenerateRequest
-    images: dict[Slot, ImageInput] = field(default_factory=dict)
+    request: GenerationRequest
     save: bool = True
     label: str = "txt2img"
-    timeout_seconds: float | None = None
     styles: tuple[str, ...] = ()
+    rename: Renamer = str
+    """The edge's field names for the request's domain paths (for errors found late)."""
 
 
 def job_id(owner: str, request_id: str) -> str:
@@ -132,22 +116,27 @@ def job_id(owner: str, request_id: str) -> str:
     return f"{tag}-{hashlib.sha256(request_id.encode()).hexdigest()[:40]}"
 
 
-def apply_style(params: common_pb2.GenerationParams, style: generator_pb2.Style) -> None:
+def apply_style(settings: Settings, style: generator_pb2.Style) -> Settings:
     """A style preset applied to a request: its prompt template around the prompt, its
     trigger words and negative prompt added, its LoRA with its weight."""
     template = style.prompt_template or "{prompt}"
     if "{prompt}" in template:
-        prompt = template.replace("{prompt}", params.prompt)
+        prompt = template.replace("{prompt}", settings.prompt)
     else:
-        prompt = ", ".join(filter(None, [params.prompt, template]))
+        prompt = ", ".join(filter(None, [settings.prompt, template]))
     words = [word for word in style.trigger_words if word not in prompt]
-    params.prompt = ", ".join(filter(None, [prompt, *words]))
-    params.negative_prompt = ", ".join(
-        filter(None, [params.negative_prompt, style.negative_prompt])
-    )
+    loras = list(settings.loras)
     if style.lora:
         weight = style.weight if style.HasField("weight") else 1.0
-        params.loras.append(common_pb2.LoraRef(name=style.lora, weight=weight))
+        loras.append(LoraUse(name=style.lora, weight=weight))
+    changed = {
+        "prompt": ", ".join(filter(None, [prompt, *words])),
+        "negative_prompt": ", ".join(
+            filter(None, [settings.negative_prompt, style.negative_prompt])
+        ),
+        "loras": loras,
+    }
+    return validated(Settings, settings.model_dump() | changed)
 
 
 async def client_gone(request: Request) -> None:
@@ -340,30 +329,37 @@ class Generations:
         self._lock = threading.Lock()
 
     def start(self, order: GenerationOrder) -> Run:
-        """Fetches the order's gallery images as its owner, then starts the job.
-
-        Blocking (gallery calls): route handlers call it in the thread pool.
+        """Fetches the order's gallery images as its owner, applies its styles, then
+        starts the job. Blocking (gallery calls): route handlers call it in the thread pool.
         """
-        request = generator_pb2.GenerateRequest()
-        request.CopyFrom(order.request)
-        parent = self._fill_images(order, request)
+        request, parent = self._with_gallery_images(order)
+        settings = request.settings
         for name in order.styles:
-            apply_style(request.params, self.backends.generator.get_style(name))
-        request.request_id = job_id(order.owner, order.request_id)
-        request.owner = order.owner
-        timeout = order.timeout_seconds or self.default_timeout
+            settings = apply_style(settings, self.backends.generator.get_style(name))
+        request = request.model_copy(
+            update={
+                "settings": settings,
+                "request_id": job_id(order.owner, order.request_id),
+                "owner": order.owner,
+            }
+        )
+        try:
+            request.check(self.max_pixels)
+        except InvalidArgument as error:
+            raise renamed(error, order.rename) from None
+        message = request_to_proto(request)
+        timeout = request.timeout_seconds or self.default_timeout
         run = Run(order.owner, order.request_id, order.label)
         self._register(run)
-        params = request.params
 
         def store(images: list[common_pb2.GeneratedImage]) -> list[gallery_pb2.Image]:
             if not order.save:
                 return []
-            return [self._store(order, image, params, parent) for image in images]
+            return [self._store(order, image, request, parent) for image in images]
 
         def source() -> Generator[generator_pb2.GenerateEvent, None, None]:
             yield from self.backends.generator.generate(
-                request, timeout=timeout + DEADLINE_MARGIN_SECONDS
+                message, timeout=timeout + DEADLINE_MARGIN_SECONDS
             )
 
         self._spawn(run, source, store)
@@ -455,43 +451,62 @@ class Generations:
         thread.daemon = True
         thread.start()
 
-    def _fill_images(self, order: GenerationOrder, request: generator_pb2.GenerateRequest) -> str:
-        """Puts each image in its slot; returns the gallery id of the source image, if any."""
-        parent = ""
-        for slot, image in order.images.items():
-            data = image.data
-            if image.image_id:
-                data = self._gallery_bytes(order.owner, image)
+    def _with_gallery_images(self, order: GenerationOrder) -> tuple[GenerationRequest, str]:
+        """The request with its gallery images as bytes, and the gallery id of its source
+        image ("" when it came inline)."""
+        task, parent, images = order.request.task, "", {}
+        for name in ("image", "mask"):
+            image = getattr(task, name, None)
+            if isinstance(image, ImageSource) and image.image_id:
+                field_name = order.rename(f"task.{name}.image_id")
+                data = self._gallery_bytes(order.owner, image.image_id, field_name)
+                images[name] = ImageSource(data=data)
                 parent = parent or image.image_id
-            part, ref = slot.split(".")
-            getattr(getattr(request, part), ref).data = data
-        return parent
+        if not images:
+            return order.request, parent
+        return order.request.model_copy(update={"task": task.model_copy(update=images)}), parent
 
-    def _gallery_bytes(self, owner: str, image: ImageInput) -> bytes:
+    def _gallery_bytes(self, owner: str, image_id: str, field_name: str) -> bytes:
         try:
-            _, chunks = self.backends.gallery.image_file(owner, image.image_id)
+            _, chunks = self.backends.gallery.image_file(owner, image_id)
             data = b"".join(chunks)
         except NotFound:
-            raise NotFound("image", image.image_id) from None
-        check_image(data, image.field, self.max_pixels)
+            raise NotFound("image", image_id) from None
+        check_image(data, field_name, self.max_pixels)
         return data
 
     def _store(
         self,
         order: GenerationOrder,
         image: common_pb2.GeneratedImage,
-        params: common_pb2.GenerationParams,
+        request: GenerationRequest,
         parent: str,
     ) -> gallery_pb2.Image:
-        used = common_pb2.GenerationParams()
-        used.CopyFrom(image.params if image.HasField("params") else params)
-        used.seed = image.seed
+        """The image and what made it: the generator's resolved settings with the task's
+        options; the source image by its gallery id (an inline one is not kept)."""
         return self.backends.gallery.create_image(
             gallery_pb2.CreateImageRequest(
                 owner=order.owner,
                 request_id=order.request_id,
                 png=image.png,
-                params=used,
+                generation=stored_generation(request, image.params, parent),
                 parent_image_id=parent,
             )
         )
+
+
+def stored_generation(
+    request: GenerationRequest, used: common_pb2.GenerationParams, parent: str
+) -> generator_pb2.GenerateRequest:
+    """What the gallery keeps of a request: settings as the generator used them, the task
+    with its source as the parent's gallery id, no mask, nothing of how the job ran."""
+    task = request.task
+    images = {
+        name: ImageSource(image_id=parent if name == "image" else "")
+        for name in ("image", "mask")
+        if name in type(task).model_fields
+    }
+    kept = GenerationRequest(
+        settings=settings_from_proto(used), task=task.model_copy(update=images)
+    )
+    return request_to_proto(kept)

@@ -56,8 +56,9 @@ from gateway.a1111.translate import (
 )
 from gateway.backends import Backends, Clients, Owner
 from gateway.errors import ERROR_RESPONSES
-from gateway.generation import PREVIEW_METHODS, Generations, Run, check_image, decode_base64
+from gateway.generation import Generations, Run, check_image, decode_base64
 from services.common.errors import InvalidArgument, NotFound, SdstackError
+from services.common.generation import PREVIEW_METHODS
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import current_request_id
 

@@ -11,10 +11,26 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_SEED = 4_294_967_294
+from services.common.generation.settings import (
+    MAX_BATCH_SIZE,
+    MAX_CFG,
+    MAX_N_ITER,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    NAME_PATTERN,
+    SIZE_STEP,
+)
+from services.common.generation.tasks import (
+    MAX_HIRES_SCALE,
+    MAX_HIRES_SIZE,
+    MAX_MASK_BLUR,
+    MAX_ONLY_MASKED_PADDING,
+)
+
 MAX_BASE64_CHARS = (32 * 1024 * 1024 + 2) // 3 * 4 + 256
-MAX_PROMPT = 20_000
-STYLE_NAME = r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$"  # as /v1/styles names
 Base64Image = str
 
 
@@ -25,9 +41,9 @@ class Lenient(BaseModel):
 
 
 class Txt2ImgRequest(Lenient):
-    prompt: str = Field("", max_length=MAX_PROMPT)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT)
-    styles: list[Annotated[str, Field(pattern=STYLE_NAME)]] | None = Field(
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    styles: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = Field(
         None, max_length=8, description="Style preset names."
     )
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
@@ -38,12 +54,12 @@ class Txt2ImgRequest(Lenient):
     sampler_name: str | None = Field(None, max_length=64)
     sampler_index: str | None = Field("Euler", max_length=64, description="Legacy sampler name.")
     scheduler: str | None = Field(None, max_length=32, description="Schedule type.")
-    batch_size: int = Field(1, ge=1, le=8)
-    n_iter: int = Field(1, ge=1, le=16)
-    steps: int = Field(50, ge=1, le=150)
-    cfg_scale: float = Field(7.0, ge=0, le=30, allow_inf_nan=False)
-    width: int = Field(512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(512, ge=64, le=2048, multiple_of=8)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=MAX_N_ITER)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0, le=MAX_CFG, allow_inf_nan=False)
+    width: int = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_STEP)
+    height: int = Field(512, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_STEP)
     restore_faces: bool | None = None
     tiling: bool | None = None
     eta: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
@@ -53,14 +69,14 @@ class Txt2ImgRequest(Lenient):
     )
     override_settings_restore_afterwards: bool = True
     enable_hr: bool = False
-    hr_scale: float = Field(2.0, gt=1, le=4, allow_inf_nan=False)
+    hr_scale: float = Field(2.0, gt=1, le=MAX_HIRES_SCALE, allow_inf_nan=False)
     hr_upscaler: str | None = Field(None, max_length=128)
-    hr_second_pass_steps: int = Field(0, ge=0, le=150)
-    hr_resize_x: int = Field(0, ge=0, le=4096, multiple_of=8)
-    hr_resize_y: int = Field(0, ge=0, le=4096, multiple_of=8)
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    hr_resize_x: int = Field(0, ge=0, le=MAX_HIRES_SIZE, multiple_of=SIZE_STEP)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_HIRES_SIZE, multiple_of=SIZE_STEP)
     hr_sampler_name: str | None = Field(None, max_length=64)
-    hr_prompt: str = Field("", max_length=MAX_PROMPT)
-    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT)
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     send_images: bool = True
     save_images: bool = Field(True, description="Store the images in the gallery.")
     force_task_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -74,12 +90,14 @@ class Img2ImgRequest(Txt2ImgRequest):
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop, 2 fill, 3 latent.")
     denoising_strength: float | None = Field(0.75, ge=0, le=1, allow_inf_nan=False)
     image_cfg_scale: float | None = None
-    mask_blur: int | None = Field(None, ge=0, le=64, description="Sets mask_blur_x and _y.")
-    mask_blur_x: int = Field(4, ge=0, le=64)
-    mask_blur_y: int = Field(4, ge=0, le=64)
+    mask_blur: int | None = Field(
+        None, ge=0, le=MAX_MASK_BLUR, description="Sets mask_blur_x and _y."
+    )
+    mask_blur_x: int = Field(4, ge=0, le=MAX_MASK_BLUR)
+    mask_blur_y: int = Field(4, ge=0, le=MAX_MASK_BLUR)
     inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2/3 latent.")
     inpaint_full_res: bool = Field(True, description="Only the masked region, at full size.")
-    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpaint_full_res_padding: int = Field(32, ge=0, le=MAX_ONLY_MASKED_PADDING)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     initial_noise_multiplier: float | None = Field(None, ge=0, le=1.5, allow_inf_nan=False)
     include_init_images: bool = False

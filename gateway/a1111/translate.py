@@ -17,16 +17,12 @@ from gateway.a1111.schemas import (
     Img2ImgRequest,
     Txt2ImgRequest,
 )
-from gateway.generation import (
-    PREVIEW_METHODS,
-    GenerationOrder,
-    ImageInput,
-    Run,
-    check_pixel_budget,
-)
+from gateway.generation import GenerationOrder, Run, image_from_base64
 from services.common.errors import InvalidArgument, NotFound
+from services.common.generation import PREVIEW_METHODS, GenerationRequest
+from services.common.generation.request import renamed, validated
 from services.common.infotext import parse_infotext
-from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
+from services.common.proto.sdstack.v1 import common_pb2
 
 SCHEDULERS: dict[str, str] = {
     "automatic": "Automatic",
@@ -37,18 +33,10 @@ SCHEDULERS: dict[str, str] = {
 }
 """A1111 scheduler names → sdstack schedule types (labels are accepted too)."""
 
-_RESIZE = {
-    0: generator_pb2.RESIZE_MODE_JUST_RESIZE,
-    1: generator_pb2.RESIZE_MODE_CROP_AND_RESIZE,
-    2: generator_pb2.RESIZE_MODE_RESIZE_AND_FILL,
-    3: generator_pb2.RESIZE_MODE_LATENT_UPSCALE,
-}
-_FILLS = {
-    0: generator_pb2.INPAINT_FILL_FILL,
-    1: generator_pb2.INPAINT_FILL_ORIGINAL,
-    2: generator_pb2.INPAINT_FILL_LATENT_NOISE,
-    3: generator_pb2.INPAINT_FILL_LATENT_NOTHING,
-}
+RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill", "latent_upscale")
+"""A1111's `resize_mode` numbers, in order."""
+FILLS = ("fill", "original", "latent_noise", "latent_nothing")
+"""A1111's `inpainting_fill` numbers, in order."""
 _INFOTEXT_CORE = frozenset(
     {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model hash", "Model", "VAE hash", "VAE"}
 )
@@ -137,46 +125,58 @@ def resolve_settings(body: Txt2ImgRequest, options: UserOptions, models: ModelLi
 
 
 def apply_settings(order: GenerationOrder, settings: Resolved) -> None:
-    params = order.request.params
-    params.model, params.vae, params.clip_skip = settings.model, settings.vae, settings.clip_skip
-
-
-def _params(body: Txt2ImgRequest) -> common_pb2.GenerationParams:
-    params = common_pb2.GenerationParams(
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        sampler=body.sampler_name or body.sampler_index or "Euler",
-        schedule_type=schedule_type(body.scheduler),
-        steps=body.steps,
-        cfg_scale=body.cfg_scale,
-        width=body.width,
-        height=body.height,
-        seed=body.seed,
-        subseed=body.subseed,
-        subseed_strength=body.subseed_strength,
-        batch_size=body.batch_size,
-        n_iter=body.n_iter,
-        tiling=bool(body.tiling),
+    """The checkpoint, VAE and clip skip the user's options or override_settings chose."""
+    chosen = {"model": settings.model, "vae": settings.vae, "clip_skip": settings.clip_skip}
+    request = order.request
+    order.request = request.model_copy(
+        update={"settings": request.settings.model_copy(update=chosen)}
     )
-    if body.eta is not None:
-        params.eta = body.eta
-    return params
+
+
+def a1111_name(path: str) -> str:
+    """A domain path by the name an A1111 client sent it under."""
+    field = path.rsplit(".", 1)[-1]
+    return {"image": "init_images[0]", "hires": "hr_scale"}.get(field, field)
+
+
+def _settings(body: Txt2ImgRequest) -> dict[str, Any]:
+    return {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "sampler": body.sampler_name or body.sampler_index or "Euler",
+        "schedule_type": schedule_type(body.scheduler),
+        "steps": body.steps,
+        "cfg_scale": body.cfg_scale,
+        "width": body.width,
+        "height": body.height,
+        "seed": body.seed,
+        "subseed": body.subseed,
+        "subseed_strength": body.subseed_strength,
+        "batch_size": body.batch_size,
+        "n_iter": body.n_iter,
+        "tiling": bool(body.tiling),
+        "eta": body.eta,
+    }
 
 
 def _order(
     body: Txt2ImgRequest,
-    request: generator_pb2.GenerateRequest,
+    task: dict[str, Any],
     owner: str,
     request_id: str,
     options: UserOptions,
+    max_pixels: int,
     label: str,
 ) -> GenerationOrder:
+    preview = None
     if options.preview_every > 0:
-        request.preview.CopyFrom(
-            generator_pb2.PreviewOptions(
-                enabled=True, every_n_steps=options.preview_every, method=options.preview_method
-            )
-        )
+        preview = {"every_n_steps": options.preview_every, "method": options.preview_method}
+    data = {"settings": _settings(body), "task": task, "preview": preview}
+    try:
+        request = validated(GenerationRequest, data)
+        request.check(max_pixels)
+    except InvalidArgument as error:
+        raise renamed(error, a1111_name) from None
     return GenerationOrder(
         owner=owner,
         request_id=body.force_task_id or request_id,
@@ -184,33 +184,29 @@ def _order(
         save=body.save_images,
         label=label,
         styles=tuple(body.styles or ()),
+        rename=a1111_name,
     )
 
 
 def txt2img_order(
     body: Txt2ImgRequest, owner: str, request_id: str, options: UserOptions, max_pixels: int
 ) -> GenerationOrder:
-    check_pixel_budget(body.width, body.height, max_pixels, "height")
-    request = generator_pb2.GenerateRequest(mode=generator_pb2.GENERATION_MODE_TXT2IMG)
-    request.params.CopyFrom(_params(body))
+    task: dict[str, Any] = {"mode": "txt2img"}
     if body.enable_hr:
-        request.hires.CopyFrom(
-            generator_pb2.HiresOptions(
-                enabled=True,
-                scale=body.hr_scale,
-                upscaler=hires_upscaler(body.hr_upscaler),
-                second_pass_steps=body.hr_second_pass_steps,
-                denoising_strength=0.7
-                if body.denoising_strength is None
-                else body.denoising_strength,
-                resize_x=body.hr_resize_x,
-                resize_y=body.hr_resize_y,
-                sampler=body.hr_sampler_name or "",
-                prompt=body.hr_prompt,
-                negative_prompt=body.hr_negative_prompt,
-            )
-        )
-    return _order(body, request, owner, request_id, options, "txt2img")
+        task["hires"] = {
+            "scale": body.hr_scale,
+            "upscaler": hires_upscaler(body.hr_upscaler),
+            "second_pass_steps": body.hr_second_pass_steps,
+            "denoising_strength": 0.7
+            if body.denoising_strength is None
+            else body.denoising_strength,
+            "resize_x": body.hr_resize_x,
+            "resize_y": body.hr_resize_y,
+            "sampler": body.hr_sampler_name or "",
+            "prompt": body.hr_prompt,
+            "negative_prompt": body.hr_negative_prompt,
+        }
+    return _order(body, task, owner, request_id, options, max_pixels, "txt2img")
 
 
 def img2img_order(
@@ -220,43 +216,38 @@ def img2img_order(
     options: UserOptions,
     max_pixels: int,
 ) -> GenerationOrder:
-    check_pixel_budget(body.width, body.height, max_pixels, "height")
-    inpaint = bool(body.mask)
-    request = generator_pb2.GenerateRequest(
-        mode=generator_pb2.GENERATION_MODE_INPAINT
-        if inpaint
-        else generator_pb2.GENERATION_MODE_IMG2IMG
-    )
-    request.params.CopyFrom(_params(body))
-    request.img2img.denoising_strength = (
-        0.75 if body.denoising_strength is None else body.denoising_strength
-    )
-    request.img2img.resize_mode = _RESIZE[body.resize_mode]
+    img2img: dict[str, Any] = {
+        "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+        "resize_mode": RESIZE_MODES[body.resize_mode],
+    }
     if body.initial_noise_multiplier is not None:
-        request.img2img.initial_noise_multiplier = body.initial_noise_multiplier
-    order = _order(body, request, owner, request_id, options, "img2img")
-    order.images["img2img.init_image"] = ImageInput.from_base64(
-        body.init_images[0], "init_images[0]", max_pixels
-    )
-    if inpaint:
+        img2img["initial_noise_multiplier"] = body.initial_noise_multiplier
+    image = image_from_base64(body.init_images[0], "init_images[0]", max_pixels)
+    task: dict[str, Any] = {"mode": "img2img", "image": image, "img2img": img2img}
+    if body.mask:
         blur = (
             body.mask_blur
             if body.mask_blur is not None
             else max(body.mask_blur_x, body.mask_blur_y)
         )
-        request.inpaint.mask_blur = blur
-        request.inpaint.fill = _FILLS[body.inpainting_fill]
-        request.inpaint.only_masked = body.inpaint_full_res
-        request.inpaint.only_masked_padding = body.inpaint_full_res_padding
-        request.inpaint.invert_mask = bool(body.inpainting_mask_invert)
-        order.images["inpaint.mask"] = ImageInput.from_base64(body.mask or "", "mask", max_pixels)
-    return order
+        task |= {
+            "mode": "inpaint",
+            "mask": image_from_base64(body.mask, "mask", max_pixels),
+            "inpaint": {
+                "mask_blur": blur,
+                "fill": FILLS[body.inpainting_fill],
+                "only_masked": body.inpaint_full_res,
+                "only_masked_padding": body.inpaint_full_res_padding,
+                "invert_mask": bool(body.inpainting_mask_invert),
+            },
+        }
+    return _order(body, task, owner, request_id, options, max_pixels, "img2img")
 
 
 def extras_order(
     body: ExtrasSingleImageRequest, owner: str, request_id: str, max_pixels: int
 ) -> GenerationOrder:
-    image = ImageInput.from_base64(body.image, "image", max_pixels)
+    image = image_from_base64(body.image, "image", max_pixels)
     scale = body.upscaling_resize
     if body.resize_mode == 1:
         with Image.open(io.BytesIO(image.data)) as probe:
@@ -265,15 +256,12 @@ def extras_order(
         if not 1 <= scale <= 8:
             raise InvalidArgument("upscaling_resize_w", "the target must be 1 to 8 times the image")
     upscaler = body.upscaler_1 if body.upscaler_1 not in ("", "None") else "Lanczos"
-    request = generator_pb2.GenerateRequest(mode=generator_pb2.GENERATION_MODE_UPSCALE)
-    request.upscale.CopyFrom(generator_pb2.UpscaleOptions(upscaler=upscaler, scale=scale))
-    return GenerationOrder(
-        owner=owner,
-        request_id=request_id,
-        request=request,
-        images={"upscale.image": image},
-        label="extras",
-    )
+    task = {"mode": "upscale", "image": image, "upscale": {"upscaler": upscaler, "scale": scale}}
+    try:
+        request = validated(GenerationRequest, {"task": task})
+    except InvalidArgument as error:
+        raise renamed(error, a1111_name) from None
+    return GenerationOrder(owner=owner, request_id=request_id, request=request, label="extras")
 
 
 # -- responses ---------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from google.protobuf import timestamp_pb2
 from pydantic import BaseModel, Field
 
 from gateway.backends import Backends, Clients, Owner
+from gateway.generation_body import GenerationCreate
 from services.common.errors import InvalidArgument
+from services.common.generation.proto import request_from_proto
 from services.common.proto.sdstack.v1 import gallery_pb2
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -30,24 +32,6 @@ class LoraOut(BaseModel):
     name: str
     weight: float
     hash: str
-
-
-class ParamsOut(BaseModel):
-    """The settings to make the image again: a body for `POST /v1/generations`."""
-
-    prompt: str
-    negative_prompt: str
-    model: str
-    sampler: str
-    schedule_type: str
-    steps: int
-    cfg_scale: float
-    width: int
-    height: int
-    seed: int
-    clip_skip: int
-    tiling: bool
-    deep_cache_interval: int
 
 
 class ImageOut(BaseModel):
@@ -75,11 +59,13 @@ class ImageOut(BaseModel):
     request_id: str
     sha256: str
     size_bytes: int
-    params: ParamsOut
+    params: GenerationCreate = Field(
+        description="The body that makes this image again with POST /v1/generations "
+        "(its source by gallery id; an inpainting mask is not kept)."
+    )
 
     @classmethod
     def from_message(cls, image: gallery_pb2.Image) -> ImageOut:
-        p = image.params
         return cls(
             id=image.id,
             created_at=image.created_at.ToDatetime(tzinfo=UTC),
@@ -108,21 +94,7 @@ class ImageOut(BaseModel):
             request_id=image.request_id,
             sha256=image.sha256,
             size_bytes=image.size_bytes,
-            params=ParamsOut(
-                prompt=p.prompt,
-                negative_prompt=p.negative_prompt,
-                model=p.model,
-                sampler=p.sampler,
-                schedule_type=p.schedule_type or "Automatic",
-                steps=p.steps,
-                cfg_scale=round(p.cfg_scale, 4),
-                width=p.width,
-                height=p.height,
-                seed=p.seed,
-                clip_skip=p.clip_skip or 1,
-                tiling=p.tiling,
-                deep_cache_interval=p.deep_cache_interval,
-            ),
+            params=GenerationCreate.from_request(request_from_proto(image.generation)),
         )
 
 

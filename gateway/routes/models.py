@@ -16,12 +16,12 @@ from pydantic import BaseModel, Field
 from gateway.backends import Clients
 from gateway.errors import ERROR_RESPONSES
 from services.common.errors import InvalidArgument
+from services.common.generation.settings import NAME_PATTERN
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.model_registry import KINDS
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
 
-NAME_PATTERN = r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$"
 Kind = Literal["checkpoint", "vae", "lora", "upscaler", "tagger", "vae_approx"]
 KIND_NAMES = {value: name for name, value in KINDS.items()}
 

@@ -16,11 +16,11 @@ from gateway.backends import Clients
 from gateway.errors import ERROR_RESPONSES
 from gateway.generation import decode_base64
 from services.common.errors import NotFound
+from services.common.generation.settings import NAME_PATTERN
 from services.common.proto.sdstack.v1 import generator_pb2
 
 router = APIRouter(prefix="/v1/styles", tags=["styles"], responses=ERROR_RESPONSES)
 
-NAME_PATTERN = r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$"
 StyleName = Annotated[str, Path(pattern=NAME_PATTERN)]
 MAX_PREVIEW_BASE64 = (1024 * 1024 + 2) // 3 * 4 + 64
 _PREVIEW_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp"}

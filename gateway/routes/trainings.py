@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from gateway.backends import Clients, Owner
 from gateway.errors import ERROR_RESPONSES, error_body, error_status
 from services.common.errors import SdstackError
+from services.common.generation.settings import NAME_PATTERN
 from services.common.proto.sdstack.v1 import trainer_pb2
 
 router = APIRouter(prefix="/v1/trainings", tags=["trainings"], responses=ERROR_RESPONSES)
@@ -44,7 +45,6 @@ STATES = {
     value: name.removeprefix("TRAINING_STATE_").lower()
     for name, value in trainer_pb2.TrainingState.items()
 }
-NAME_PATTERN = r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$"
 
 
 class TrainingIn(BaseModel):

@@ -205,13 +205,13 @@ function formBody() {
   };
 }
 
-/** The body that makes `image` again (its stored parameters), for V and reroll. */
+/** The settings that made `image` (its stored parameters without their mode, source and
+ * options), for V, reroll and inpaint: the caller says what to make of them. */
 function bodyFrom(image) {
-  return {
-    ...image.params,
-    vae: image.vae || "",
-    loras: image.loras.map((l) => ({ name: l.name, weight: l.weight })),
-  };
+  const { mode, image: source, mask, img2img, inpaint, hires, upscale, variation, ...settings } =
+    image.params;
+  const { preview, priority, timeout_seconds, stream, styles, ...kept } = settings;
+  return kept;
 }
 
 function upscale(image) {

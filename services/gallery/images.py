@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -24,14 +25,17 @@ import re
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from PIL import Image
+from pydantic import ValidationError
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.common.infotext import Infotext, parse_infotext, parse_lora_hashes, read_png_infotext
+from services.common.generation import GenerationRequest
+from services.common.generation.infotext import request_from_infotext
+from services.common.infotext import Infotext, parse_infotext, read_png_infotext
 from services.common.object_store import OUTPUTS_BUCKET, ObjectStore
 from services.gallery.records import (
     ImageRecords,
@@ -51,7 +55,6 @@ DEFAULT_URL_EXPIRY = timedelta(hours=1)
 MAX_URL_EXPIRY = timedelta(days=7)
 RECORD_META = "sdstack-record"
 _MAX_META_CHARS = 2048
-_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?[^>]*>")
 _KEY = re.compile(
     r"^(?P<owner>[A-Za-z0-9_.@\-]{1,128})/(?P<id>[0-9a-f]{32})\.(?P<kind>png|thumb\.webp)$"
 )
@@ -59,19 +62,10 @@ _KEY = re.compile(
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """What the caller knows of how the image was made (the infotext fills the rest)."""
+    """What the caller knows of how the image was made; the infotext tells the rest."""
 
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    seed: int | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    cfg_scale: float | None = None
-    model_name: str | None = None
+    generation: GenerationRequest | None = None
     model_hash: str | None = None
-    vae_name: str | None = None
-    loras: tuple[LoraUse, ...] = ()
-    params: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -139,20 +133,6 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def loras_of(parsed: Infotext) -> tuple[LoraUse, ...]:
-    """LoRAs named by an infotext: `<lora:name:weight>` tags in the prompt, and the names
-    of `Lora hashes` (with their hashes). Tolerant: a foreign file never fails on this."""
-    hashes = parse_lora_hashes(parsed.params.get("Lora hashes", ""))
-    found: dict[str, LoraUse] = {}
-    for name, weight in _LORA_TAG.findall(parsed.prompt):
-        name = name.strip()
-        if name:
-            found.setdefault(name, LoraUse(name, _float(weight) or 1.0, hashes.get(name, "")))
-    for name, short_hash in hashes.items():
-        found.setdefault(name, LoraUse(name, 1.0, short_hash))
-    return tuple(found.values())
-
-
 def _record_metadata(record: NewImage) -> dict[str, str]:
     """What the record holds beyond the PNG's own infotext, packed for S3 user metadata
     (printable ASCII, ≤ 2 KiB): zlib-compressed JSON in base64. Prompts are dropped first
@@ -171,8 +151,9 @@ def _record_metadata(record: NewImage) -> dict[str, str]:
         "tags": list(record.tags),
         "prompt": record.prompt,
         "negative_prompt": record.negative_prompt,
+        "generation": record.generation,
     }
-    for drop in ((), ("prompt", "negative_prompt"), ("tags",)):
+    for drop in ((), ("prompt", "negative_prompt"), ("tags",), ("generation",)):
         for name in drop:
             facts.pop(name, None)
         packed = base64.b64encode(zlib.compress(json.dumps(facts).encode(), 9)).decode()
@@ -385,9 +366,14 @@ def _new_record(
     infotext: str,
     settings: ImageSettings,
 ) -> NewImage:
-    """The record of a PNG: what the caller says first, then what its infotext says."""
+    """The record of a PNG: what made it as the caller says, else as its infotext says; the
+    searchable columns are read from that."""
     parsed = parse_infotext(infotext) if infotext.strip() else Infotext("")
     params = parsed.params
+    generation = settings.generation
+    if generation is None and infotext.strip():
+        generation = request_from_infotext(parsed)
+    known = settings.generation.settings if settings.generation else None
     return NewImage(
         id=image_id,
         owner=owner,
@@ -397,18 +383,24 @@ def _new_record(
         size_bytes=len(png),
         width=image.width,
         height=image.height,
-        prompt=_first(settings.prompt, parsed.prompt, ""),
-        negative_prompt=_first(settings.negative_prompt, parsed.negative_prompt, ""),
-        seed=_first(settings.seed, _int(params.get("Seed")), 0),
-        sampler=_first(settings.sampler, params.get("Sampler"), ""),
-        steps=_first(settings.steps, _int(params.get("Steps")), 0),
-        cfg_scale=_first(settings.cfg_scale, _float(params.get("CFG scale")), 0.0),
-        model_name=_first(settings.model_name, params.get("Model"), ""),
+        prompt=known.prompt if known else parsed.prompt,
+        negative_prompt=known.negative_prompt if known else parsed.negative_prompt,
+        seed=known.seed if known else _first(None, _int(params.get("Seed")), 0),
+        sampler=known.sampler if known else params.get("Sampler", ""),
+        steps=known.steps if known else _first(None, _int(params.get("Steps")), 0),
+        cfg_scale=known.cfg_scale if known else _first(None, _float(params.get("CFG scale")), 0.0),
+        model_name=known.model if known else params.get("Model", ""),
         model_hash=_first(settings.model_hash, params.get("Model hash"), ""),
-        vae_name=_first(settings.vae_name, params.get("VAE"), None),
-        loras=settings.loras or loras_of(parsed),
+        vae_name=(known.vae or None) if known else params.get("VAE"),
+        loras=tuple(
+            LoraUse(lora.name, lora.weight, lora.short_hash)
+            for lora in (generation.settings.loras if generation else ())
+        ),
         infotext=infotext,
-        params={**params, **settings.params},
+        params=params,
+        generation=generation.model_dump(mode="json", include={"settings", "task"})
+        if generation
+        else None,
     )
 
 
@@ -421,26 +413,37 @@ def _restored_record(
     created_at: datetime,
 ) -> NewImage:
     facts = _read_record_metadata(metadata)
-    settings = ImageSettings(
-        prompt=facts.get("prompt"),
-        negative_prompt=facts.get("negative_prompt"),
-        seed=facts.get("seed"),
-        sampler=facts.get("sampler"),
-        steps=facts.get("steps"),
-        cfg_scale=facts.get("cfg_scale"),
-        model_name=facts.get("model_name"),
-        model_hash=facts.get("model_hash"),
-        vae_name=facts.get("vae_name"),
-        loras=tuple(LoraUse.from_json(lora) for lora in facts.get("loras") or ()),
-    )
+    stored = facts.get("generation")
+    generation = None
+    if isinstance(stored, dict):
+        with contextlib.suppress(ValidationError):
+            generation = GenerationRequest.model_validate(stored)
+    settings = ImageSettings(generation=generation, model_hash=facts.get("model_hash"))
     record = _new_record(key.owner, key.image_id, png, image, infotext, settings)
+    columns = {name: facts[name] for name in _RESTORED_COLUMNS if facts.get(name) is not None}
+    if facts.get("loras") is not None:
+        columns["loras"] = tuple(LoraUse.from_json(lora) for lora in facts["loras"])
     return replace(
         record,
+        **columns,
         request_id=str(facts.get("request_id") or ""),
         parent_id=facts.get("parent_id") or None,
         tags=tuple(facts.get("tags") or ()),
         created_at=created_at,
     )
+
+
+_RESTORED_COLUMNS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "sampler",
+    "steps",
+    "cfg_scale",
+    "model_name",
+    "vae_name",
+)
+"""The record's columns its object's metadata keeps, restored as they were."""
 
 
 def _first(given: T | None, parsed: T | None, default: T) -> T:

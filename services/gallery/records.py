@@ -128,6 +128,10 @@ class ImageModel(Base):
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
     infotext: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The infotext's key-values as parsed."""
+    generation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What made the image (`GenerationRequest` JSON), as it was resolved; None for images
+    stored before it was kept, whose request is read from their infotext."""
 
     __table_args__ = (
         Index("ix_images_owner_created_id", "owner", created_at.desc(), id.desc()),
@@ -203,7 +207,10 @@ def create_schema(engine: Engine) -> None:
 
 
 # Columns added after the first release: (table, column, DDL type and default).
-_ADDED_COLUMNS = (("images", "size_bytes", "BIGINT NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("images", "size_bytes", "BIGINT NOT NULL DEFAULT 0"),
+    ("images", "generation", "JSON"),
+)
 
 
 def _add_missing_columns(connection: Connection) -> None:
@@ -260,6 +267,7 @@ class NewImage:
     favourite: bool = False
     infotext: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
+    generation: Mapping[str, Any] | None = None
     tags: Sequence[str] = ()
     id: str | None = None
     created_at: datetime | None = None
@@ -291,6 +299,7 @@ class ImageRow:
     favourite: bool
     infotext: str
     params: dict[str, Any]
+    generation: dict[str, Any] | None = None
     tags: tuple[str, ...] = ()
     board_ids: tuple[str, ...] = ()
 
@@ -798,6 +807,7 @@ def _values_from(record: NewImage, loras: list[dict[str, Any]]) -> dict[str, Any
         favourite=record.favourite,
         infotext=record.infotext,
         params=dict(record.params),
+        generation=dict(record.generation) if record.generation is not None else None,
     )
 
 
@@ -827,6 +837,7 @@ def _row_from(model: ImageModel, tags: tuple[str, ...], board_ids: tuple[str, ..
         favourite=model.favourite,
         infotext=model.infotext,
         params=dict(model.params or {}),
+        generation=model.generation,
         tags=tags,
         board_ids=board_ids,
     )

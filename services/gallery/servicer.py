@@ -11,10 +11,20 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
-from services.common.proto.sdstack.v1 import common_pb2, gallery_pb2, gallery_pb2_grpc
+from services.common.generation import GenerationRequest
+from services.common.generation.infotext import request_from_infotext
+from services.common.generation.proto import request_from_proto, request_to_proto
+from services.common.generation.request import renamed
+from services.common.infotext import parse_infotext
+from services.common.proto.sdstack.v1 import (
+    common_pb2,
+    gallery_pb2,
+    gallery_pb2_grpc,
+    generator_pb2,
+)
 from services.gallery.images import DEFAULT_URL_EXPIRY, Images, ImageSettings
 from services.gallery.reconcile import DEFAULT_MIN_AGE, reconcile
-from services.gallery.records import BoardRecords, BoardRow, ImageRow, LoraUse, check_owner
+from services.gallery.records import BoardRecords, BoardRow, ImageRow, check_owner
 
 FILE_CHUNK_BYTES = 512 * 1024
 DEFAULT_PAGE = 50
@@ -27,37 +37,12 @@ def _timestamp(value: object) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _params(row: ImageRow) -> common_pb2.GenerationParams:
-    """The settings to make the image again ("use these parameters")."""
-    extra = row.params
-    params = common_pb2.GenerationParams(
-        prompt=row.prompt,
-        negative_prompt=row.negative_prompt,
-        model=row.model_name,
-        vae=row.vae_name or "",
-        loras=[common_pb2.LoraRef(name=lora.name, weight=lora.weight) for lora in row.loras],
-        sampler=row.sampler,
-        schedule_type=str(extra.get("Schedule type", "")),
-        steps=row.steps,
-        cfg_scale=row.cfg_scale,
-        width=row.width,
-        height=row.height,
-        seed=row.seed,
-    )
-    numbers = (
-        ("Clip skip", "clip_skip"),
-        ("Variation seed", "subseed"),
-        ("DeepCache interval", "deep_cache_interval"),
-    )
-    for key, name in numbers:
-        value = str(extra.get(key, ""))
-        if value.isdigit():
-            setattr(params, name, int(value))
-    params.tiling = str(extra.get("Tiling", "")) == "True"
-    strength = str(extra.get("Variation seed strength", ""))
-    if strength.replace(".", "", 1).isdigit():
-        params.subseed_strength = float(strength)
-    return params
+def _generation(row: ImageRow) -> generator_pb2.GenerateRequest:
+    """What made the image, as stored ("use these parameters"); for a record older than
+    that, as its infotext says."""
+    if row.generation is not None:
+        return request_to_proto(GenerationRequest.model_validate(row.generation))
+    return request_to_proto(request_from_infotext(parse_infotext(row.infotext)))
 
 
 def image_message(row: ImageRow) -> gallery_pb2.Image:
@@ -88,7 +73,7 @@ def image_message(row: ImageRow) -> gallery_pb2.Image:
         infotext=row.infotext,
         sha256=row.sha256,
         size_bytes=row.size_bytes,
-        params=_params(row),
+        generation=_generation(row),
     )
 
 
@@ -103,24 +88,13 @@ def board_message(row: BoardRow) -> gallery_pb2.Board:
 
 
 def _settings(request: gallery_pb2.CreateImageRequest) -> ImageSettings:
-    if not request.HasField("params"):
-        return ImageSettings(model_hash=request.model_hash or None)
-    p = request.params
-    return ImageSettings(
-        prompt=p.prompt or None,
-        negative_prompt=p.negative_prompt or None,
-        seed=p.seed if p.HasField("seed") else None,
-        sampler=p.sampler or None,
-        steps=p.steps or None,
-        cfg_scale=p.cfg_scale if p.HasField("cfg_scale") else None,
-        model_name=p.model or None,
-        model_hash=request.model_hash or None,
-        vae_name=p.vae or None,
-        loras=tuple(
-            LoraUse(name=lora.name, weight=lora.weight if lora.HasField("weight") else 1.0)
-            for lora in p.loras
-        ),
-    )
+    generation = None
+    if request.HasField("generation"):
+        try:
+            generation = request_from_proto(request.generation)
+        except InvalidArgument as error:
+            raise renamed(error, lambda path: f"generation.{path}") from None
+    return ImageSettings(generation=generation, model_hash=request.model_hash or None)
 
 
 def _duration(request: Message, field: str, default: timedelta) -> timedelta:

@@ -21,9 +21,9 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from services.common.errors import InvalidArgument
+from services.common.generation.settings import MAX_DEEP_CACHE_INTERVAL as MAX_INTERVAL
 
 FIELD = "params.deep_cache_interval"
-MAX_INTERVAL = 10
 RULE = f"must be between 0 and {MAX_INTERVAL} (0 or 1: off)"
 
 

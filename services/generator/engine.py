@@ -38,7 +38,7 @@ from services.common.errors import (
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import reset_request_id, set_request_id
 from services.common.sd.model_registry import ModelRegistry, StoredModel
-from services.generator.jobs import GenerationJob, Params
+from services.generator.jobs import GenerationJob
 from services.generator.loras import MAX_LOADED_LORAS
 from services.generator.renderer import RenderedImage, Renderer
 from services.generator.step_batching import JobTurn, StepBatcher
@@ -82,7 +82,7 @@ class Finished:
     images: list[RenderedImage]
     elapsed_seconds: float
     model: StoredModel
-    params: Params
+    job: GenerationJob
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class Engine:
                 raise AlreadyExists(f"request_id: a job {job.request_id} is already running")
             waiting = len(self._waiting)
             if waiting >= self.queue_size:
-                retry = max(1.0, waiting * job.params.steps * self._step_seconds / 2)
+                retry = max(1.0, waiting * job.settings.steps * self._step_seconds / 2)
                 raise Overloaded(f"the generator queue is full ({waiting} waiting)", retry)
             self._jobs[job.request_id] = handle
             heapq.heappush(self._waiting, (-job.priority, next(self._order), handle))
@@ -254,10 +254,10 @@ class Engine:
             return True
         if running[0].model.sha256 != handle.model.sha256:
             return False
-        images = sum(h.job.params.batch_size for h in running)
-        loras = {use.name for h in [*running, handle] for use in h.job.params.loras}
+        images = sum(h.job.settings.batch_size for h in running)
+        loras = {use.name for h in [*running, handle] for use in h.job.loras}
         return (
-            images + handle.job.params.batch_size <= self.max_batch_images
+            images + handle.job.settings.batch_size <= self.max_batch_images
             and len(loras) <= MAX_LOADED_LORAS
         )
 
@@ -317,7 +317,7 @@ class Engine:
     def _finish(self, handle: JobHandle, images: list[RenderedImage], elapsed: float) -> None:
         JOBS_FINISHED.labels("ok").inc()
         IMAGES_GENERATED.labels(handle.model.name).inc(len(images))
-        handle.publish(Finished(images, elapsed, handle.model, handle.job.params))
+        handle.publish(Finished(images, elapsed, handle.model, handle.job))
         log.info("made %d images in %.2fs", len(images), elapsed)
 
     def _stopped_early(self, handle: JobHandle) -> bool:

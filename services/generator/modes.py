@@ -34,7 +34,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -44,6 +44,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image, ImageOps
 
 from services.common.errors import InvalidArgument
+from services.common.generation.tasks import (
+    MAX_MASK_BLUR,
+    MAX_ONLY_MASKED_PADDING,
+    VARIATION_STRENGTHS,
+    InpaintFill,
+    ResizeMode,
+    VariationStrength,
+)
 from services.generator.deep_cache import DeepCache, check_interval, check_supported
 from services.generator.prompts import ComposedPrompt, EmbedSchedule
 from services.generator.step_batching import UnetRunner, run_unet_alone
@@ -52,21 +60,11 @@ LATENT_FACTOR = 8
 MAX_SIDE = 8192
 INPAINT_UNET_CHANNELS = 9
 
-ResizeMode = Literal["just_resize", "crop_and_resize", "resize_and_fill", "latent_upscale"]
-InpaintFill = Literal["fill", "original", "latent_noise", "latent_nothing"]
-VariationStrength = Literal["subtle", "strong"]
 PixelUpscaler = Callable[[Image.Image, int, int], Image.Image]
 """Upscales an image to exactly (width, height)."""
 
-RESIZE_MODES: tuple[str, ...] = (
-    "just_resize",
-    "crop_and_resize",
-    "resize_and_fill",
-    "latent_upscale",
-)
-INPAINT_FILLS: tuple[str, ...] = ("fill", "original", "latent_noise", "latent_nothing")
-VARIATION_DENOISE = {"subtle": 0.5, "strong": 0.85}
-"""Fooocus "Vary (Subtle)" and "Vary (Strong)" denoising strengths."""
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+INPAINT_FILLS: tuple[str, ...] = get_args(InpaintFill)
 LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -80,8 +78,6 @@ PIXEL_UPSCALERS: dict[str, Image.Resampling] = {
     "Lanczos": Image.Resampling.LANCZOS,
     "Nearest": Image.Resampling.NEAREST,
 }
-MAX_MASK_BLUR = 64
-MAX_PADDING = 256
 MIN_TILE = 64
 
 # A1111 "Approx cheap" (`sd_vae_approx.cheap_approximation`): SD 1.x latent channel -> RGB.
@@ -656,7 +652,7 @@ def _check_inpaint(
     )
     _check_range("inpaint.mask_blur_y", mask_blur[1], 0, MAX_MASK_BLUR)
     _check_choice("inpaint.fill", fill, INPAINT_FILLS)
-    _check_range("inpaint.only_masked_padding", padding, 0, MAX_PADDING)
+    _check_range("inpaint.only_masked_padding", padding, 0, MAX_ONLY_MASKED_PADDING)
     _check_size(width, height)
     _check_choice("img2img.resize_mode", resize_mode, RESIZE_MODES[:3])
 
@@ -1084,12 +1080,12 @@ def variation(
 
     A size that is not a multiple of 8 is sampled at the multiple below and resized back.
     """
-    if strength not in VARIATION_DENOISE:
+    if strength not in VARIATION_STRENGTHS:
         raise InvalidArgument("variation.strength", "must be subtle or strong")
     image = _to_rgb(source)
     width, height = _floor8(image.width), _floor8(image.height)
     results = img2img(
-        pipe, s, image, strength=VARIATION_DENOISE[strength], width=width, height=height
+        pipe, s, image, strength=VARIATION_STRENGTHS[strength], width=width, height=height
     )
     return [
         r if r.size == image.size else r.resize(image.size, Image.Resampling.LANCZOS)

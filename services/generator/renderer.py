@@ -18,11 +18,24 @@ from diffusers.models.autoencoders.vae import DecoderTiny
 from PIL import Image
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.generation import (
+    PREVIEW_METHODS,
+    HiresOptions,
+    Img2Img,
+    Inpaint,
+    Preview,
+    Txt2Img,
+    Upscale,
+    UpscaleOptions,
+    Variation,
+)
+from services.common.generation.infotext import labelled_values
+from services.common.generation.tasks import LATENT_UPSCALER, denoising_strength
 from services.common.infotext import format_infotext, format_lora_hashes, png_with_infotext
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.model_registry import ModelRegistry, StoredModel
 from services.generator import modes
-from services.generator.jobs import GenerationJob, InpaintSpec, Mode, Params
+from services.generator.jobs import GenerationJob
 from services.generator.loras import LoraPlan, LoraRequest
 from services.generator.model_cache import ModelCache
 from services.generator.prompts import ComposedPrompt, EmbedSchedule, PromptEncoder
@@ -35,8 +48,6 @@ from services.generator.vaes import bound_memory, load_vae
 
 VERSION = "sdstack 0.1.0"
 BUILTIN_UPSCALERS = ("Lanczos",)
-LATENT_UPSCALER = "Latent"
-VARIATION_STRENGTHS = {"subtle": 0.5, "strong": 0.85}
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done in the job, steps in the job)."""
@@ -85,21 +96,23 @@ class Renderer:
         turn: JobTurn | None = None,
     ) -> list[RenderedImage]:
         """The job's images. With a `turn`, its U-Net passes are shared with other jobs'."""
-        resolved = self._resolve(job.params)
+        settings = job.settings
+        resolved = self._resolve(job)
         base = self.cache.pipeline(model)
         loras = self._lora_plan(model, resolved)
         loras.activate()
         pipe = self._with_vae(base, resolved.vae)
-        seamless = self._seamless_setter(pipe, job.params.tiling)
+        seamless = self._seamless_setter(pipe, settings.tiling)
         seamless()
         counter = _StepCounter(job.total_steps, on_step)
         images: list[RenderedImage] = []
         whole_job = self._sampling(pipe, job, counter, on_preview)
         if turn is not None:
-            turn.loras, turn.seamless = loras, job.params.tiling
+            turn.loras, turn.seamless = loras, settings.tiling
             turn.on_resume = seamless
             whole_job = replace(whole_job, run_unet=turn.run_unet)
-        for batch in range(1 if job.mode is Mode.UPSCALE else job.params.n_iter):
+        upscale = isinstance(job.task, Upscale)
+        for batch in range(1 if upscale else settings.n_iter):
             sampling = _batch(whole_job, job, batch)
             for image, seed, subseed in zip(
                 self._run_mode(pipe, job, sampling, loras),
@@ -113,7 +126,7 @@ class Renderer:
                         png=png_with_infotext(image, text),
                         seed=seed,
                         subseed=subseed,
-                        subseed_strength=job.params.subseed_strength,
+                        subseed_strength=settings.subseed_strength,
                         width=image.width,
                         height=image.height,
                         infotext=text,
@@ -124,20 +137,20 @@ class Renderer:
                 )
         return images
 
-    def _resolve(self, params: Params) -> _Resolved:
+    def _resolve(self, job: GenerationJob) -> _Resolved:
         loras = []
-        for use in params.loras:
+        for use in job.loras:
             try:
                 lora = self.registry.find(common_pb2.MODEL_KIND_LORA, use.name)
             except NotFound:
                 raise InvalidArgument("params.loras", f"unknown LoRA {use.name!r}") from None
-            loras.append((lora, use.unet_weight, use.te_weight))
-        vae = None
-        if params.vae and params.vae not in ("Automatic", "None"):
+            loras.append((lora, use.weight, use.te_weight))
+        vae, name = None, job.settings.vae
+        if name and name not in ("Automatic", "None"):
             try:
-                vae = self.registry.find(common_pb2.MODEL_KIND_VAE, params.vae)
+                vae = self.registry.find(common_pb2.MODEL_KIND_VAE, name)
             except NotFound:
-                raise InvalidArgument("params.vae", f"unknown VAE {params.vae!r}") from None
+                raise InvalidArgument("params.vae", f"unknown VAE {name!r}") from None
         return _Resolved(loras, vae)
 
     def _lora_plan(self, model: StoredModel, resolved: _Resolved) -> LoraPlan:
@@ -183,9 +196,10 @@ class Renderer:
         self, pipe: StableDiffusionPipeline, job: GenerationJob
     ) -> Callable[[torch.Tensor], Image.Image]:
         """Latents → the preview picture, by the job's preview method."""
-        if job.preview_method == "Full":
+        method = job.request.preview.method if job.request.preview else PREVIEW_METHODS[0]
+        if method == "Full":
             return lambda latents: modes.full_preview(pipe, latents)
-        if job.preview_method == "TAESD":
+        if method == "TAESD":
             decoder = self._taesd_decoder()
             return lambda latents: taesd_preview(decoder, latents)
         return modes.cheap_preview
@@ -213,90 +227,94 @@ class Renderer:
         on_preview: PreviewCallback | None,
     ) -> modes.Sampling:
         """The job's sampling settings, prompts encoded once for all its batches."""
-        p = job.params
+        s = job.settings
         cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_schedule(
-            p.prompt, p.negative_prompt, p.steps, p.clip_skip
+            job.prompt, s.negative_prompt, s.steps, s.clip_skip
         )
+        preview = job.request.preview
         return modes.Sampling(
             prompt_embeds=cond,
             negative_embeds=uncond,
-            scheduler_factory=_scheduler_factory(pipe, p.sampler, p.schedule_type),
-            steps=p.steps,
-            cfg_scale=p.cfg_scale,
-            seeds=p.seeds(),
-            subseeds=p.subseeds() if p.subseed_strength else [],
-            subseed_strength=p.subseed_strength,
-            eta=p.eta,
+            scheduler_factory=_scheduler_factory(pipe, s.sampler, s.schedule_type),
+            steps=s.steps,
+            cfg_scale=s.cfg_scale,
+            seeds=job.seeds(),
+            subseeds=job.subseeds() if s.subseed_strength else [],
+            subseed_strength=s.subseed_strength,
+            eta=s.eta,
             on_step=counter.step,
             on_latents=(
-                _preview_hook(job, self._preview_maker(pipe, job), on_preview)
-                if job.preview_every and on_preview is not None
+                _preview_hook(preview, self._preview_maker(pipe, job), on_preview)
+                if preview is not None and on_preview is not None
                 else None
             ),
-            deep_cache_interval=p.deep_cache_interval,
+            deep_cache_interval=s.deep_cache_interval,
         )
 
     def _run_mode(
         self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling, loras: LoraPlan
     ) -> list[Image.Image]:
-        p = job.params
-        if job.mode is Mode.TXT2IMG and job.hires is None:
-            return modes.txt2img(pipe, s, p.width, p.height)
-        if job.mode is Mode.TXT2IMG and job.hires is not None:
-            return self._hires(pipe, job, s, loras)
-        if job.mode is Mode.IMG2IMG and job.img2img is not None:
-            spec = job.img2img
+        """The images of one batch: the one switch on the job's task."""
+        task, width, height = job.task, job.width, job.height
+        if isinstance(task, Txt2Img) and task.hires is None:
+            return modes.txt2img(pipe, s, width, height)
+        if isinstance(task, Txt2Img) and task.hires is not None:
+            return self._hires(pipe, job, task.hires, s, loras)
+        if isinstance(task, Img2Img) and job.source is not None:
+            o = task.img2img
             return modes.img2img(
                 pipe,
                 s,
-                spec.init_image,
-                strength=spec.strength,
-                width=p.width,
-                height=p.height,
-                resize_mode=spec.resize_mode,
-                initial_noise_multiplier=spec.noise_multiplier,
+                job.source,
+                strength=o.denoising_strength,
+                width=width,
+                height=height,
+                resize_mode=o.resize_mode,
+                initial_noise_multiplier=o.initial_noise_multiplier,
             )
-        if job.mode is Mode.INPAINT and job.img2img is not None and job.inpaint is not None:
-            mask = job.inpaint
+        if isinstance(task, Inpaint) and job.source is not None and job.mask is not None:
+            o = task.inpaint
             return modes.inpaint(
                 pipe,
                 s,
-                job.img2img.init_image,
-                mask.mask,
-                strength=job.img2img.strength,
-                mask_blur=mask.mask_blur,
-                fill=mask.fill,
-                only_masked=mask.only_masked,
-                padding=mask.padding,
-                invert=mask.invert,
-                width=p.width,
-                height=p.height,
+                job.source,
+                job.mask,
+                strength=task.img2img.denoising_strength,
+                mask_blur=o.blur,
+                fill=o.fill,
+                only_masked=o.only_masked,
+                padding=o.only_masked_padding,
+                invert=o.invert_mask,
+                width=width,
+                height=height,
             )
-        if job.mode is Mode.VARIATION and job.variation is not None:
-            return modes.variation(pipe, s, job.variation.source, strength=job.variation.strength)
-        if job.mode is Mode.UPSCALE and job.upscale is not None:
-            return [self._upscale(pipe, job, s)]
-        raise InvalidArgument("mode", "the options of this mode are missing")
+        if isinstance(task, Variation) and job.source is not None:
+            return modes.variation(pipe, s, job.source, strength=task.variation.strength)
+        if isinstance(task, Upscale) and job.source is not None:
+            return [self._upscale(pipe, task.upscale, job.source, s)]
+        raise InvalidArgument("mode", "the images of this mode are missing")
 
     def _hires(
         self,
         pipe: StableDiffusionPipeline,
         job: GenerationJob,
+        hires: HiresOptions,
         first: modes.Sampling,
         loras: LoraPlan,
     ) -> list[Image.Image]:
-        hires, p = job.hires, job.params
-        assert hires is not None
+        p = job.settings
         second = replace(
             first,
             steps=hires.second_pass_steps or p.steps,
-            scheduler_factory=_scheduler_factory(pipe, hires.sampler, p.schedule_type),
+            scheduler_factory=_scheduler_factory(pipe, hires.sampler or p.sampler, p.schedule_type),
         )
-        prompts_differ = (hires.prompt, hires.negative_prompt) != (p.prompt, p.negative_prompt)
+        prompt = hires.prompt or job.prompt
+        negative = hires.negative_prompt or p.negative_prompt
+        prompts_differ = (prompt, negative) != (job.prompt, p.negative_prompt)
         if prompts_differ or (second.steps != first.steps and _is_edited(first)):
             loras.activate()  # other jobs' passes may have switched the text encoder's LoRAs
             cond, uncond = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode_schedule(
-                hires.prompt, hires.negative_prompt, second.steps, p.clip_skip
+                prompt, negative, second.steps, p.clip_skip
             )
             second = replace(second, prompt_embeds=cond, negative_embeds=uncond)
         upscaler: str | Callable[[Image.Image, int, int], Image.Image] = LATENT_UPSCALER
@@ -307,30 +325,32 @@ class Renderer:
             pipe,
             first,
             second,
-            width=p.width,
-            height=p.height,
+            width=job.width,
+            height=job.height,
             scale=hires.scale,
             resize_x=hires.resize_x,
             resize_y=hires.resize_y,
             upscaler=upscaler,
-            denoising_strength=hires.strength,
+            denoising_strength=hires.denoising_strength,
         )
 
     def _upscale(
-        self, pipe: StableDiffusionPipeline, job: GenerationJob, s: modes.Sampling
+        self,
+        pipe: StableDiffusionPipeline,
+        options: UpscaleOptions,
+        image: Image.Image,
+        s: modes.Sampling,
     ) -> Image.Image:
-        spec = job.upscale
-        assert spec is not None
-        upscaled = self.pixel_upscaler(spec.upscaler, "upscale.upscaler")(spec.image, spec.scale)
-        if not spec.tiled_refine:
+        upscaled = self.pixel_upscaler(options.upscaler, "upscale.upscaler")(image, options.scale)
+        if not options.tiled_refine:
             return upscaled
         return modes.tiled_refine(
             pipe,
             s,
             upscaled,
-            tile=spec.tile_size,
-            overlap=spec.tile_overlap,
-            strength=spec.strength,
+            tile=options.tile_size,
+            overlap=options.tile_overlap,
+            strength=options.denoising_strength,
         )
 
     def pixel_upscaler(self, name: str, field: str) -> Callable[[Image.Image, float], Image.Image]:
@@ -364,7 +384,7 @@ class Renderer:
 
 def _batch(whole_job: modes.Sampling, job: GenerationJob, batch: int) -> modes.Sampling:
     """The seeds of batch `batch` (an upscale makes one image)."""
-    size = 1 if job.mode is Mode.UPSCALE else job.params.batch_size
+    size = 1 if isinstance(job.task, Upscale) else job.settings.batch_size
     window = slice(batch * size, (batch + 1) * size)
     subseeds = list(whole_job.subseeds)[window] if whole_job.subseeds else []
     return replace(whole_job, seeds=list(whole_job.seeds)[window], subseeds=subseeds)
@@ -391,7 +411,7 @@ def _scheduler_factory(pipe: StableDiffusionPipeline, sampler: str, schedule_typ
 
 
 def _preview_hook(
-    job: GenerationJob,
+    preview: Preview,
     make_preview: Callable[[torch.Tensor], Image.Image],
     on_preview: PreviewCallback,
 ) -> Callable[[torch.Tensor], None]:
@@ -401,9 +421,9 @@ def _preview_hook(
     def hook(latents: torch.Tensor) -> None:
         nonlocal calls
         calls += 1
-        if calls % job.preview_every == 0:
+        if calls % preview.every_n_steps == 0:
             image = make_preview(latents)
-            image.thumbnail((job.preview_max_size, job.preview_max_size))
+            image.thumbnail((preview.max_size, preview.max_size))
             on_preview(image)
 
     return hook
@@ -413,28 +433,25 @@ def infotext_for(
     job: GenerationJob, seed: int, subseed: int, model: StoredModel, resolved: _Resolved
 ) -> str:
     """A1111's `parameters` text for one image of the job."""
-    p = job.params
-    strength = _denoising_strength(job)
-    hires = job.hires
+    p, task = job.settings, job.task
+    hires = task.hires if isinstance(task, Txt2Img) else None
+    upscale = isinstance(task, Upscale)
     values: dict[str, object] = {
         "Steps": p.steps,
         "Sampler": p.sampler,
-        "Schedule type": None if p.schedule_type == "Automatic" else p.schedule_type,
         "CFG scale": p.cfg_scale,
         "Seed": seed,
-        "Size": f"{p.width}x{p.height}" if job.mode is not Mode.UPSCALE else None,
+        "Size": None if upscale else f"{p.width}x{p.height}",
         "Model hash": model.short_hash,
         "Model": model.name,
         "VAE hash": resolved.vae.short_hash if resolved.vae else None,
         "VAE": resolved.vae.name if resolved.vae else None,
         "Variation seed": subseed if p.subseed_strength else None,
         "Variation seed strength": p.subseed_strength or None,
-        "Denoising strength": strength,
-        "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
-        "Tiling": True if p.tiling else None,
-        "DeepCache interval": p.deep_cache_interval if p.deep_cache_interval > 1 else None,
+        "Denoising strength": denoising_strength(task),
+        **labelled_values(p),
         "RNG": "CPU",
-        "Mask blur": _mask_blur_label(job.inpaint),
+        "Mask blur": _mask_blur_label(task),
         "Hires upscale": hires.scale if hires else None,
         "Hires steps": (hires.second_pass_steps or None) if hires else None,
         "Hires upscaler": hires.upscaler if hires else None,
@@ -442,26 +459,14 @@ def infotext_for(
         or None,
         "Version": VERSION,
     }
-    return format_infotext(p.original_prompt or p.prompt, p.negative_prompt, values)
+    return format_infotext(p.prompt, p.negative_prompt, values)
 
 
-def _denoising_strength(job: GenerationJob) -> float | None:
-    if job.img2img is not None:
-        return job.img2img.strength
-    if job.hires is not None:
-        return job.hires.strength
-    if job.variation is not None:
-        return VARIATION_STRENGTHS[job.variation.strength]
-    if job.upscale is not None and job.upscale.tiled_refine:
-        return job.upscale.strength
-    return None
-
-
-def _mask_blur_label(inpaint: InpaintSpec | None) -> int | None:
+def _mask_blur_label(task: object) -> int | None:
     """A1111 writes one `Mask blur` when both axes agree, none otherwise."""
-    if inpaint is None or inpaint.mask_blur[0] != inpaint.mask_blur[1]:
+    if not isinstance(task, Inpaint) or task.inpaint.blur[0] != task.inpaint.blur[1]:
         return None
-    return inpaint.mask_blur[0]
+    return task.inpaint.blur[0]
 
 
 def _is_edited(s: modes.Sampling) -> bool:

@@ -10,6 +10,8 @@ import grpc
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.generation import LoraUse
+from services.common.generation.proto import settings_to_proto
 from services.common.images import decode_image
 from services.common.object_store import LORAS_BUCKET
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -96,35 +98,25 @@ def _image(image: RenderedImage, finished: Finished) -> common_pb2.GeneratedImag
 
 
 def _used_params(finished: Finished, image: RenderedImage) -> common_pb2.GenerationParams:
-    """The settings that made `image`: defaults filled in, its own seed, names resolved."""
-    p = finished.params
-    return common_pb2.GenerationParams(
-        prompt=p.original_prompt or p.prompt,
-        negative_prompt=p.negative_prompt,
-        model=finished.model.name,
-        vae=image.vae.name if image.vae else "",
-        loras=[
-            common_pb2.LoraRef(
-                name=lora.name, weight=unet, text_encoder_weight=te, short_hash=lora.short_hash
-            )
-            for lora, unet, te in image.loras
-        ],
-        sampler=p.sampler,
-        schedule_type=p.schedule_type,
-        steps=p.steps,
-        cfg_scale=p.cfg_scale,
-        width=p.width,
-        height=p.height,
-        seed=image.seed,
-        subseed=image.subseed,
-        subseed_strength=image.subseed_strength,
-        batch_size=p.batch_size,
-        n_iter=p.n_iter,
-        clip_skip=p.clip_skip,
-        eta=p.eta,
-        tiling=p.tiling,
-        deep_cache_interval=p.deep_cache_interval,
+    """The settings that made `image`, resolved: its own seeds, the checkpoint, VAE and
+    LoRAs by name with their hashes, and the prompt as encoded (its `<lora:…>` tags are in
+    `loras`), so that sent back they make the same image."""
+    job = finished.job
+    loras = [
+        LoraUse(name=lora.name, weight=unet, text_encoder_weight=te, short_hash=lora.short_hash)
+        for lora, unet, te in image.loras
+    ]
+    used = job.settings.model_copy(
+        update={
+            "prompt": job.prompt,
+            "model": finished.model.name,
+            "vae": image.vae.name if image.vae else "",
+            "loras": loras,
+            "seed": image.seed,
+            "subseed": image.subseed,
+        }
     )
+    return settings_to_proto(used)
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
@@ -151,8 +143,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     ) -> Iterator[generator_pb2.GenerateEvent]:
         job = job_from_request(request, self.max_pixels, self.resolve_image)
         model = (
-            self.registry.find(common_pb2.MODEL_KIND_CHECKPOINT, job.params.model)
-            if job.params.model
+            self.registry.find(common_pb2.MODEL_KIND_CHECKPOINT, job.settings.model)
+            if job.settings.model
             else self.engine.default_checkpoint(self.default_checkpoint)
         )
         handle = self.engine.submit(job, model)

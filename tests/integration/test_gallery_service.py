@@ -18,7 +18,7 @@ from PIL import Image
 from services.common.errors import RemoteError, Unavailable
 from services.common.infotext import read_png_infotext
 from services.common.object_store import ObjectStore
-from services.common.proto.sdstack.v1 import common_pb2, gallery_pb2
+from services.common.proto.sdstack.v1 import common_pb2, gallery_pb2, generator_pb2
 from services.gallery.images import Images, ImageSettings
 from services.gallery.records import ImageRecords
 from tests.gallery_support import (
@@ -111,8 +111,11 @@ def test_create_stores_png_thumbnail_and_record_with_parsed_parameters(
         ("archi", pytest.approx(0.8), "0123456789")
     ]
     assert (got.request_id, list(got.tags), got.size_bytes) == ("req-1", ["villa"], len(png))
-    assert got.params.prompt == got.prompt and got.params.clip_skip == 2 and got.params.tiling
-    assert got.params.seed == 42 and got.params.width == 640
+    # What made it, read from the infotext: the prompt as encoded, its tag's LoRA in loras.
+    used = got.generation.params
+    assert used.prompt == "a villa, " and used.clip_skip == 2 and used.tiling
+    assert used.seed == 42 and used.width == 640
+    assert [(lora.name, lora.short_hash) for lora in used.loras] == [("archi", "0123456789")]
 
     content_type, chunks = gallery.client.image_file(ALICE, image.id)
     assert (content_type, b"".join(chunks)) == ("image/png", png)
@@ -138,20 +141,29 @@ def test_thumbnail_is_made_once_on_write(gallery: GalleryService) -> None:
     assert gallery.object_keys() == [f"alice/{image.id}.png", key]
 
 
-def test_parameters_given_by_the_caller_win_over_the_infotext(gallery: GalleryService) -> None:
-    params = common_pb2.GenerationParams(
-        prompt="from the request", seed=7, model="dreamshaper", vae="vae-ft-mse"
+def test_what_the_caller_says_made_it_wins_over_the_infotext(gallery: GalleryService) -> None:
+    """The generator's resolved request is the record, returned as it was stored; the
+    infotext only fills what the request does not say (the model hash)."""
+    generation = generator_pb2.GenerateRequest(
+        mode=generator_pb2.GENERATION_MODE_TXT2IMG,
+        params=common_pb2.GenerationParams(
+            prompt="from the request", seed=7, model="dreamshaper", vae="vae-ft-mse", eta=0.3
+        ),
+        hires={"enabled": True, "scale": 1.5, "upscaler": "Lanczos"},
     )
-    image = create(gallery, params=params, model_hash="aaaaaaaaaa")
+    image = create(gallery, generation=generation)
 
     assert (image.prompt, image.seed, image.model, image.model_hash, image.vae) == (
         "from the request",
         7,
         "dreamshaper",
-        "aaaaaaaaaa",
+        "6ce0161689",
         "vae-ft-mse",
     )
-    assert image.negative_prompt == "blurry"  # not given: from the infotext
+    assert image.negative_prompt == ""  # as the request says, not the infotext's "blurry"
+    got = gallery.client.get_image(ALICE, image.id).generation
+    assert got.params.eta == pytest.approx(0.3) and got.hires.enabled and got.hires.scale == 1.5
+    assert got.hires.upscaler == "Lanczos" and got.params.prompt == "from the request"
 
 
 # --------------------------------------------------------------------------- queries

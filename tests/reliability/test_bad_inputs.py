@@ -263,7 +263,7 @@ CASES = [
         422,
         "prompt",
     ),
-    case("rest-nul-in-prompt", lambda w: gen(w, prompt="a\x00cat"), 400, "prompt", "NUL"),
+    case("rest-nul-in-prompt", lambda w: gen(w, prompt="a\x00cat"), 422, "prompt", "NUL"),
     case(
         "rest-rtl-zero-width-style-name",
         lambda w: http(w.alice.put("/v1/styles/evil\u202egnp.exe\u200b", json={})),

@@ -13,6 +13,7 @@ from gateway.generation import apply_style, decode_base64, job_id
 from services.common.clients.replicas import ReplicaSet, balanced_target
 from services.common.config import load_settings, parse_api_keys
 from services.common.errors import ConfigError, InvalidArgument
+from services.common.generation import Settings
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
 
 
@@ -64,7 +65,7 @@ def test_job_ids_are_scoped_by_owner_and_fit_the_generator() -> None:
 
 
 def test_a_style_wraps_the_prompt_and_adds_its_lora() -> None:
-    params = common_pb2.GenerationParams(prompt="a loft", negative_prompt="noise")
+    settings = Settings(prompt="a loft", negative_prompt="noise")
     style = generator_pb2.Style(
         name="interior",
         lora="loft-lora",
@@ -73,12 +74,13 @@ def test_a_style_wraps_the_prompt_and_adds_its_lora() -> None:
         prompt_template="interior photo of {prompt}, soft light",
         negative_prompt="clutter",
     )
-    apply_style(params, style)
-    assert params.prompt == "interior photo of a loft, soft light, intr"  # "loft" is there
-    assert params.negative_prompt == "noise, clutter"
-    assert [(lora.name, round(lora.weight, 3)) for lora in params.loras] == [("loft-lora", 0.6)]
-    bare = common_pb2.GenerationParams(prompt="a loft")
-    apply_style(bare, generator_pb2.Style(name="plain", prompt_template="film grain"))
+    styled = apply_style(settings, style)
+    assert styled.prompt == "interior photo of a loft, soft light, intr"  # "loft" is there
+    assert styled.negative_prompt == "noise, clutter"
+    assert [(lora.name, round(lora.weight, 3)) for lora in styled.loras] == [("loft-lora", 0.6)]
+    bare = apply_style(
+        Settings(prompt="a loft"), generator_pb2.Style(name="plain", prompt_template="film grain")
+    )
     assert bare.prompt == "a loft, film grain"
 
 

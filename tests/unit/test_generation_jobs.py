@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from services.common.errors import InvalidArgument
+from services.common.generation import MAX_SEED, Img2Img
 from services.common.images import decode_image
 from services.common.proto.sdstack.v1 import common_pb2, generator_pb2
-from services.generator.jobs import MAX_SEED, job_from_request
+from services.generator.jobs import job_from_request
 from services.generator.samplers import SAMPLERS, resolve_sampler
 
 MAX_PIXELS = 1024 * 1024
@@ -22,21 +23,22 @@ def _request(**params: object) -> generator_pb2.GenerateRequest:
 
 
 def test_defaults_follow_a1111() -> None:
-    params = job_from_request(_request(prompt="a house", seed=7), MAX_PIXELS).params
+    job = job_from_request(_request(prompt="a house", seed=7), MAX_PIXELS)
+    params = job.settings
     assert (params.width, params.height, params.steps, params.cfg_scale) == (512, 512, 20, 7.0)
     assert params.sampler == "Euler a"
-    assert params.seeds() == [7]
+    assert job.seeds() == [7]
 
 
 def test_batch_seeds_are_consecutive() -> None:
     job = job_from_request(_request(seed=100, batch_size=4, n_iter=2), MAX_PIXELS)
-    assert job.params.seeds() == list(range(100, 108))
+    assert job.seeds() == list(range(100, 108))
 
 
 @pytest.mark.parametrize("seed", [None, -1])
 def test_random_seed_is_drawn_in_range(seed: int | None) -> None:
     request = _request() if seed is None else _request(seed=seed)
-    seeds = {job_from_request(request, MAX_PIXELS).params.seed for _ in range(20)}
+    seeds = {job_from_request(request, MAX_PIXELS).settings.seed for _ in range(20)}
     assert all(0 <= s <= MAX_SEED for s in seeds)
     assert len(seeds) > 1
 
@@ -46,7 +48,7 @@ def test_random_seed_is_drawn_in_range(seed: int | None) -> None:
     [
         ({"width": 513}, "params.width"),
         ({"height": 32}, "params.height"),
-        ({"width": 2048, "height": 2048}, "params.width"),
+        ({"width": 2048, "height": 2048}, "params.height"),
         ({"steps": 151}, "params.steps"),
         ({"cfg_scale": math.nan}, "params.cfg_scale"),
         ({"cfg_scale": math.inf}, "params.cfg_scale"),
@@ -94,8 +96,8 @@ def test_img2img_defaults_to_the_source_size_rounded_to_8() -> None:
     request.mode = generator_pb2.GENERATION_MODE_IMG2IMG
     request.img2img.init_image.data = _png((203, 131))
     job = job_from_request(request, MAX_PIXELS, _resolve)
-    assert (job.params.width, job.params.height) == (200, 128)
-    assert job.img2img is not None and job.img2img.strength == 0.75
+    assert (job.settings.width, job.settings.height) == (200, 128)
+    assert isinstance(job.task, Img2Img) and job.task.img2img.denoising_strength == 0.75
 
 
 @pytest.mark.parametrize(
@@ -142,7 +144,7 @@ def test_mode_options_are_checked(options: dict, field: str) -> None:
         inpaint={"mask": {"data": _png((64, 64), "white")}},
     )
     if "hires" in options:
-        request.mode = generator_pb2.GENERATION_MODE_TXT2IMG
+        request = _request(seed=1)
     merged = generator_pb2.GenerateRequest(**options)
     request.MergeFrom(merged)
     with pytest.raises(InvalidArgument) as raised:
@@ -150,11 +152,44 @@ def test_mode_options_are_checked(options: dict, field: str) -> None:
     assert field in [v.field for v in raised.value.violations]
 
 
+@pytest.mark.parametrize(
+    ("mode", "options", "field"),
+    [
+        (
+            generator_pb2.GENERATION_MODE_TXT2IMG,
+            {"img2img": {"denoising_strength": 0.3}},
+            "img2img",
+        ),
+        (generator_pb2.GENERATION_MODE_IMG2IMG, {"hires": {"enabled": True}}, "hires"),
+        (generator_pb2.GENERATION_MODE_UPSCALE, {"inpaint": {"mask_blur": 8}}, "inpaint"),
+    ],
+)
+def test_options_of_another_mode_are_refused_not_dropped(
+    mode: int, options: dict, field: str
+) -> None:
+    """A setting the mode would not use is an error naming it, never silently ignored."""
+    request = generator_pb2.GenerateRequest(mode=mode, **options)
+    request.img2img.init_image.data = _png((64, 64))
+    request.upscale.image.data = _png((64, 64))
+    if mode == generator_pb2.GENERATION_MODE_TXT2IMG:
+        request.ClearField("upscale")
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(request, MAX_PIXELS, _resolve)
+    assert field in [v.field for v in raised.value.violations]
+    assert "is not used by mode" in raised.value.message
+
+
 def test_prompt_lora_tags_become_loras() -> None:
     job = job_from_request(_request(prompt="a room <lora:oak:0.6>, warm"), MAX_PIXELS)
-    assert [(lora.name, lora.unet_weight) for lora in job.params.loras] == [("oak", 0.6)]
-    assert "<lora" not in job.params.prompt
-    assert job.params.original_prompt == "a room <lora:oak:0.6>, warm"
+    assert [(lora.name, lora.weight) for lora in job.loras] == [("oak", 0.6)]
+    assert "<lora" not in job.prompt
+    assert job.settings.prompt == "a room <lora:oak:0.6>, warm"
+
+
+def test_a_bad_lora_tag_names_the_prompt() -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(_request(prompt="a room <lora:../secret:1>"), MAX_PIXELS)
+    assert raised.value.violations[0].field == "params.prompt"
 
 
 def test_hires_result_must_fit_the_pixel_budget() -> None:

@@ -11,11 +11,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from services.common.errors import InvalidArgument
+from services.common.generation import LoraTag, extract_lora_tags
 from services.generator.prompts import (
     MAX_PROMPT_TOKENS,
-    LoraTag,
     PromptEncoder,
-    extract_lora_tags,
     parse_prompt_attention,
     split_composition,
 )
@@ -177,7 +176,7 @@ def test_prompt_without_tags_is_unchanged() -> None:
 def test_bad_lora_tags_are_invalid_arguments(prompt: str) -> None:
     with pytest.raises(InvalidArgument) as error:
         extract_lora_tags(prompt)
-    assert error.value.violations[0].field == "params.prompt"
+    assert error.value.violations[0].field == "settings.prompt"
 
 
 # --- encoding ----------------------------------------------------------------------------

@@ -26,67 +26,68 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from . import common_pb2 as sdstack_dot_v1_dot_common__pb2
+from . import generator_pb2 as sdstack_dot_v1_dot_generator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sdstack/v1/gallery.proto\x12\nsdstack.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sdstack/v1/common.proto\"\xf4\x03\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06prompt\x18\x07 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07sampler\x18\n \x01(\t\x12\r\n\x05steps\x18\x0b \x01(\x05\x12\x11\n\tcfg_scale\x18\x0c \x01(\x02\x12\r\n\x05model\x18\r \x01(\t\x12\x12\n\nmodel_hash\x18\x0e \x01(\t\x12\x0b\n\x03vae\x18\x0f \x01(\t\x12\"\n\x05loras\x18\x10 \x03(\x0b\x32\x13.sdstack.v1.LoraRef\x12\x17\n\x0fparent_image_id\x18\x11 \x01(\t\x12\x0c\n\x04tags\x18\x12 \x03(\t\x12\x11\n\tfavourite\x18\x13 \x01(\x08\x12\x11\n\tboard_ids\x18\x14 \x03(\t\x12\x10\n\x08infotext\x18\x15 \x01(\t\x12\x0e\n\x06sha256\x18\x16 \x01(\t\x12\x12\n\nsize_bytes\x18\x17 \x01(\x03\x12,\n\x06params\x18\x18 \x01(\x0b\x32\x1c.sdstack.v1.GenerationParams\"\xad\x01\n\x12\x43reateImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12,\n\x06params\x18\x04 \x01(\x0b\x32\x1c.sdstack.v1.GenerationParams\x12\x12\n\nmodel_hash\x18\x05 \x01(\t\x12\x17\n\x0fparent_image_id\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\"2\n\x0fGetImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\xe5\x01\n\x0bImageFilter\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04lora\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x04 \x01(\t\x12\x16\n\tfavourite\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\x08 \x01(\tB\x0c\n\n_favourite\"j\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.sdstack.v1.ImageFilter\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"L\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"`\n\x13GetImageFileRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12(\n\x07variant\x18\x03 \x01(\x0e\x32\x17.sdstack.v1.FileVariant\"\x8e\x01\n\x12GetImageUrlRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12(\n\x07variant\x18\x03 \x01(\x0e\x32\x17.sdstack.v1.FileVariant\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x13GetImageUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x12UpdateImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x11\n\tfavourite\x18\x03 \x01(\x08\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x11\n\tboard_ids\x18\x05 \x03(\t\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x12\x44\x65leteImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteImageResponse\"4\n\x11GetLineageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"b\n\x12GetLineageResponse\x12$\n\tancestors\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12&\n\x0b\x64\x65scendants\x18\x02 \x03(\x0b\x32\x11.sdstack.v1.Image\"u\n\x05\x42oard\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x05 \x01(\x05\"1\n\x12\x43reateBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\"\n\x11ListBoardsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\"7\n\x12ListBoardsResponse\x12!\n\x06\x62oards\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Board\"C\n\x12RenameBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"5\n\x12\x44\x65leteBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteBoardResponse\"t\n\x13ImportImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x14ImportImagesResponse\x12#\n\x08imported\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12+\n\x07skipped\x18\x02 \x03(\x0b\x32\x1a.sdstack.v1.FieldViolation\"n\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x1d\n\x15remove_orphan_records\x18\x02 \x01(\x08\x12*\n\x07min_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x01\n\x0fReconcileReport\x12\x16\n\x0eorphan_objects\x18\x01 \x03(\t\x12\x16\n\x0eorphan_records\x18\x02 \x03(\t\x12\x10\n\x08restored\x18\x03 \x03(\t\x12\x1a\n\x12thumbnails_rebuilt\x18\x04 \x03(\t\x12\x1c\n\x14unrecognised_objects\x18\x05 \x03(\t*b\n\x0b\x46ileVariant\x12\x1c\n\x18\x46ILE_VARIANT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46ILE_VARIANT_ORIGINAL\x10\x01\x12\x1a\n\x16\x46ILE_VARIANT_THUMBNAIL\x10\x02\x32\x8b\x08\n\x07Gallery\x12@\n\x0b\x43reateImage\x12\x1e.sdstack.v1.CreateImageRequest\x1a\x11.sdstack.v1.Image\x12:\n\x08GetImage\x12\x1b.sdstack.v1.GetImageRequest\x1a\x11.sdstack.v1.Image\x12K\n\nListImages\x12\x1d.sdstack.v1.ListImagesRequest\x1a\x1e.sdstack.v1.ListImagesResponse\x12H\n\x0cGetImageFile\x12\x1f.sdstack.v1.GetImageFileRequest\x1a\x15.sdstack.v1.FileChunk0\x01\x12N\n\x0bGetImageUrl\x12\x1e.sdstack.v1.GetImageUrlRequest\x1a\x1f.sdstack.v1.GetImageUrlResponse\x12@\n\x0bUpdateImage\x12\x1e.sdstack.v1.UpdateImageRequest\x1a\x11.sdstack.v1.Image\x12N\n\x0b\x44\x65leteImage\x12\x1e.sdstack.v1.DeleteImageRequest\x1a\x1f.sdstack.v1.DeleteImageResponse\x12K\n\nGetLineage\x12\x1d.sdstack.v1.GetLineageRequest\x1a\x1e.sdstack.v1.GetLineageResponse\x12@\n\x0b\x43reateBoard\x12\x1e.sdstack.v1.CreateBoardRequest\x1a\x11.sdstack.v1.Board\x12K\n\nListBoards\x12\x1d.sdstack.v1.ListBoardsRequest\x1a\x1e.sdstack.v1.ListBoardsResponse\x12@\n\x0bRenameBoard\x12\x1e.sdstack.v1.RenameBoardRequest\x1a\x11.sdstack.v1.Board\x12N\n\x0b\x44\x65leteBoard\x12\x1e.sdstack.v1.DeleteBoardRequest\x1a\x1f.sdstack.v1.DeleteBoardResponse\x12S\n\x0cImportImages\x12\x1f.sdstack.v1.ImportImagesRequest\x1a .sdstack.v1.ImportImagesResponse(\x01\x12\x46\n\tReconcile\x12\x1c.sdstack.v1.ReconcileRequest\x1a\x1b.sdstack.v1.ReconcileReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sdstack/v1/gallery.proto\x12\nsdstack.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sdstack/v1/common.proto\x1a\x1asdstack/v1/generator.proto\"\xfd\x03\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\x05\x12\x0e\n\x06height\x18\x06 \x01(\x05\x12\x0e\n\x06prompt\x18\x07 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x0f\n\x07sampler\x18\n \x01(\t\x12\r\n\x05steps\x18\x0b \x01(\x05\x12\x11\n\tcfg_scale\x18\x0c \x01(\x02\x12\r\n\x05model\x18\r \x01(\t\x12\x12\n\nmodel_hash\x18\x0e \x01(\t\x12\x0b\n\x03vae\x18\x0f \x01(\t\x12\"\n\x05loras\x18\x10 \x03(\x0b\x32\x13.sdstack.v1.LoraRef\x12\x17\n\x0fparent_image_id\x18\x11 \x01(\t\x12\x0c\n\x04tags\x18\x12 \x03(\t\x12\x11\n\tfavourite\x18\x13 \x01(\x08\x12\x11\n\tboard_ids\x18\x14 \x03(\t\x12\x10\n\x08infotext\x18\x15 \x01(\t\x12\x0e\n\x06sha256\x18\x16 \x01(\t\x12\x12\n\nsize_bytes\x18\x17 \x01(\x03\x12/\n\ngeneration\x18\x19 \x01(\x0b\x32\x1b.sdstack.v1.GenerateRequestJ\x04\x08\x18\x10\x19\"\xb6\x01\n\x12\x43reateImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12/\n\ngeneration\x18\x08 \x01(\x0b\x32\x1b.sdstack.v1.GenerateRequest\x12\x12\n\nmodel_hash\x18\x05 \x01(\t\x12\x17\n\x0fparent_image_id\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\tJ\x04\x08\x04\x10\x05\"2\n\x0fGetImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\xe5\x01\n\x0bImageFilter\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04lora\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x04 \x01(\t\x12\x16\n\tfavourite\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x31\n\rcreated_after\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\x08 \x01(\tB\x0c\n\n_favourite\"j\n\x11ListImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.sdstack.v1.ImageFilter\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"L\n\x12ListImagesResponse\x12!\n\x06images\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"`\n\x13GetImageFileRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12(\n\x07variant\x18\x03 \x01(\x0e\x32\x17.sdstack.v1.FileVariant\"\x8e\x01\n\x12GetImageUrlRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12(\n\x07variant\x18\x03 \x01(\x0e\x32\x17.sdstack.v1.FileVariant\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x13GetImageUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x12UpdateImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x11\n\tfavourite\x18\x03 \x01(\x08\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x11\n\tboard_ids\x18\x05 \x03(\t\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"5\n\x12\x44\x65leteImageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteImageResponse\"4\n\x11GetLineageRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"b\n\x12GetLineageResponse\x12$\n\tancestors\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12&\n\x0b\x64\x65scendants\x18\x02 \x03(\x0b\x32\x11.sdstack.v1.Image\"u\n\x05\x42oard\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_count\x18\x05 \x01(\x05\"1\n\x12\x43reateBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\"\n\x11ListBoardsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\"7\n\x12ListBoardsResponse\x12!\n\x06\x62oards\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Board\"C\n\x12RenameBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"5\n\x12\x44\x65leteBoardRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x62oard_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteBoardResponse\"t\n\x13ImportImagesRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x14ImportImagesResponse\x12#\n\x08imported\x18\x01 \x03(\x0b\x32\x11.sdstack.v1.Image\x12+\n\x07skipped\x18\x02 \x03(\x0b\x32\x1a.sdstack.v1.FieldViolation\"n\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x1d\n\x15remove_orphan_records\x18\x02 \x01(\x08\x12*\n\x07min_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x01\n\x0fReconcileReport\x12\x16\n\x0eorphan_objects\x18\x01 \x03(\t\x12\x16\n\x0eorphan_records\x18\x02 \x03(\t\x12\x10\n\x08restored\x18\x03 \x03(\t\x12\x1a\n\x12thumbnails_rebuilt\x18\x04 \x03(\t\x12\x1c\n\x14unrecognised_objects\x18\x05 \x03(\t*b\n\x0b\x46ileVariant\x12\x1c\n\x18\x46ILE_VARIANT_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46ILE_VARIANT_ORIGINAL\x10\x01\x12\x1a\n\x16\x46ILE_VARIANT_THUMBNAIL\x10\x02\x32\x8b\x08\n\x07Gallery\x12@\n\x0b\x43reateImage\x12\x1e.sdstack.v1.CreateImageRequest\x1a\x11.sdstack.v1.Image\x12:\n\x08GetImage\x12\x1b.sdstack.v1.GetImageRequest\x1a\x11.sdstack.v1.Image\x12K\n\nListImages\x12\x1d.sdstack.v1.ListImagesRequest\x1a\x1e.sdstack.v1.ListImagesResponse\x12H\n\x0cGetImageFile\x12\x1f.sdstack.v1.GetImageFileRequest\x1a\x15.sdstack.v1.FileChunk0\x01\x12N\n\x0bGetImageUrl\x12\x1e.sdstack.v1.GetImageUrlRequest\x1a\x1f.sdstack.v1.GetImageUrlResponse\x12@\n\x0bUpdateImage\x12\x1e.sdstack.v1.UpdateImageRequest\x1a\x11.sdstack.v1.Image\x12N\n\x0b\x44\x65leteImage\x12\x1e.sdstack.v1.DeleteImageRequest\x1a\x1f.sdstack.v1.DeleteImageResponse\x12K\n\nGetLineage\x12\x1d.sdstack.v1.GetLineageRequest\x1a\x1e.sdstack.v1.GetLineageResponse\x12@\n\x0b\x43reateBoard\x12\x1e.sdstack.v1.CreateBoardRequest\x1a\x11.sdstack.v1.Board\x12K\n\nListBoards\x12\x1d.sdstack.v1.ListBoardsRequest\x1a\x1e.sdstack.v1.ListBoardsResponse\x12@\n\x0bRenameBoard\x12\x1e.sdstack.v1.RenameBoardRequest\x1a\x11.sdstack.v1.Board\x12N\n\x0b\x44\x65leteBoard\x12\x1e.sdstack.v1.DeleteBoardRequest\x1a\x1f.sdstack.v1.DeleteBoardResponse\x12S\n\x0cImportImages\x12\x1f.sdstack.v1.ImportImagesRequest\x1a .sdstack.v1.ImportImagesResponse(\x01\x12\x46\n\tReconcile\x12\x1c.sdstack.v1.ReconcileRequest\x1a\x1b.sdstack.v1.ReconcileReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sdstack.v1.gallery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FILEVARIANT']._serialized_start=2919
-  _globals['_FILEVARIANT']._serialized_end=3017
-  _globals['_IMAGE']._serialized_start=165
-  _globals['_IMAGE']._serialized_end=665
-  _globals['_CREATEIMAGEREQUEST']._serialized_start=668
-  _globals['_CREATEIMAGEREQUEST']._serialized_end=841
-  _globals['_GETIMAGEREQUEST']._serialized_start=843
-  _globals['_GETIMAGEREQUEST']._serialized_end=893
-  _globals['_IMAGEFILTER']._serialized_start=896
-  _globals['_IMAGEFILTER']._serialized_end=1125
-  _globals['_LISTIMAGESREQUEST']._serialized_start=1127
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1233
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1235
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1311
-  _globals['_GETIMAGEFILEREQUEST']._serialized_start=1313
-  _globals['_GETIMAGEFILEREQUEST']._serialized_end=1409
-  _globals['_GETIMAGEURLREQUEST']._serialized_start=1412
-  _globals['_GETIMAGEURLREQUEST']._serialized_end=1554
-  _globals['_GETIMAGEURLRESPONSE']._serialized_start=1556
-  _globals['_GETIMAGEURLRESPONSE']._serialized_end=1638
-  _globals['_UPDATEIMAGEREQUEST']._serialized_start=1641
-  _globals['_UPDATEIMAGEREQUEST']._serialized_end=1795
-  _globals['_DELETEIMAGEREQUEST']._serialized_start=1797
-  _globals['_DELETEIMAGEREQUEST']._serialized_end=1850
-  _globals['_DELETEIMAGERESPONSE']._serialized_start=1852
-  _globals['_DELETEIMAGERESPONSE']._serialized_end=1873
-  _globals['_GETLINEAGEREQUEST']._serialized_start=1875
-  _globals['_GETLINEAGEREQUEST']._serialized_end=1927
-  _globals['_GETLINEAGERESPONSE']._serialized_start=1929
-  _globals['_GETLINEAGERESPONSE']._serialized_end=2027
-  _globals['_BOARD']._serialized_start=2029
-  _globals['_BOARD']._serialized_end=2146
-  _globals['_CREATEBOARDREQUEST']._serialized_start=2148
-  _globals['_CREATEBOARDREQUEST']._serialized_end=2197
-  _globals['_LISTBOARDSREQUEST']._serialized_start=2199
-  _globals['_LISTBOARDSREQUEST']._serialized_end=2233
-  _globals['_LISTBOARDSRESPONSE']._serialized_start=2235
-  _globals['_LISTBOARDSRESPONSE']._serialized_end=2290
-  _globals['_RENAMEBOARDREQUEST']._serialized_start=2292
-  _globals['_RENAMEBOARDREQUEST']._serialized_end=2359
-  _globals['_DELETEBOARDREQUEST']._serialized_start=2361
-  _globals['_DELETEBOARDREQUEST']._serialized_end=2414
-  _globals['_DELETEBOARDRESPONSE']._serialized_start=2416
-  _globals['_DELETEBOARDRESPONSE']._serialized_end=2437
-  _globals['_IMPORTIMAGESREQUEST']._serialized_start=2439
-  _globals['_IMPORTIMAGESREQUEST']._serialized_end=2555
-  _globals['_IMPORTIMAGESRESPONSE']._serialized_start=2557
-  _globals['_IMPORTIMAGESRESPONSE']._serialized_end=2661
-  _globals['_RECONCILEREQUEST']._serialized_start=2663
-  _globals['_RECONCILEREQUEST']._serialized_end=2773
-  _globals['_RECONCILEREPORT']._serialized_start=2776
-  _globals['_RECONCILEREPORT']._serialized_end=2917
-  _globals['_GALLERY']._serialized_start=3020
-  _globals['_GALLERY']._serialized_end=4055
+  _globals['_FILEVARIANT']._serialized_start=2965
+  _globals['_FILEVARIANT']._serialized_end=3063
+  _globals['_IMAGE']._serialized_start=193
+  _globals['_IMAGE']._serialized_end=702
+  _globals['_CREATEIMAGEREQUEST']._serialized_start=705
+  _globals['_CREATEIMAGEREQUEST']._serialized_end=887
+  _globals['_GETIMAGEREQUEST']._serialized_start=889
+  _globals['_GETIMAGEREQUEST']._serialized_end=939
+  _globals['_IMAGEFILTER']._serialized_start=942
+  _globals['_IMAGEFILTER']._serialized_end=1171
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1173
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1279
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1281
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1357
+  _globals['_GETIMAGEFILEREQUEST']._serialized_start=1359
+  _globals['_GETIMAGEFILEREQUEST']._serialized_end=1455
+  _globals['_GETIMAGEURLREQUEST']._serialized_start=1458
+  _globals['_GETIMAGEURLREQUEST']._serialized_end=1600
+  _globals['_GETIMAGEURLRESPONSE']._serialized_start=1602
+  _globals['_GETIMAGEURLRESPONSE']._serialized_end=1684
+  _globals['_UPDATEIMAGEREQUEST']._serialized_start=1687
+  _globals['_UPDATEIMAGEREQUEST']._serialized_end=1841
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=1843
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=1896
+  _globals['_DELETEIMAGERESPONSE']._serialized_start=1898
+  _globals['_DELETEIMAGERESPONSE']._serialized_end=1919
+  _globals['_GETLINEAGEREQUEST']._serialized_start=1921
+  _globals['_GETLINEAGEREQUEST']._serialized_end=1973
+  _globals['_GETLINEAGERESPONSE']._serialized_start=1975
+  _globals['_GETLINEAGERESPONSE']._serialized_end=2073
+  _globals['_BOARD']._serialized_start=2075
+  _globals['_BOARD']._serialized_end=2192
+  _globals['_CREATEBOARDREQUEST']._serialized_start=2194
+  _globals['_CREATEBOARDREQUEST']._serialized_end=2243
+  _globals['_LISTBOARDSREQUEST']._serialized_start=2245
+  _globals['_LISTBOARDSREQUEST']._serialized_end=2279
+  _globals['_LISTBOARDSRESPONSE']._serialized_start=2281
+  _globals['_LISTBOARDSRESPONSE']._serialized_end=2336
+  _globals['_RENAMEBOARDREQUEST']._serialized_start=2338
+  _globals['_RENAMEBOARDREQUEST']._serialized_end=2405
+  _globals['_DELETEBOARDREQUEST']._serialized_start=2407
+  _globals['_DELETEBOARDREQUEST']._serialized_end=2460
+  _globals['_DELETEBOARDRESPONSE']._serialized_start=2462
+  _globals['_DELETEBOARDRESPONSE']._serialized_end=2483
+  _globals['_IMPORTIMAGESREQUEST']._serialized_start=2485
+  _globals['_IMPORTIMAGESREQUEST']._serialized_end=2601
+  _globals['_IMPORTIMAGESRESPONSE']._serialized_start=2603
+  _globals['_IMPORTIMAGESRESPONSE']._serialized_end=2707
+  _globals['_RECONCILEREQUEST']._serialized_start=2709
+  _globals['_RECONCILEREQUEST']._serialized_end=2819
+  _globals['_RECONCILEREPORT']._serialized_start=2822
+  _globals['_RECONCILEREPORT']._serialized_end=2963
+  _globals['_GALLERY']._serialized_start=3066
+  _globals['_GALLERY']._serialized_end=4101
 # @@protoc_insertion_point(module_scope)

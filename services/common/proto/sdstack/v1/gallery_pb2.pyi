@@ -4,6 +4,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from . import common_pb2 as _common_pb2
+from . import generator_pb2 as _generator_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -23,7 +24,7 @@ FILE_VARIANT_ORIGINAL: FileVariant
 FILE_VARIANT_THUMBNAIL: FileVariant
 
 class Image(_message.Message):
-    __slots__ = ("id", "owner", "created_at", "request_id", "width", "height", "prompt", "negative_prompt", "seed", "sampler", "steps", "cfg_scale", "model", "model_hash", "vae", "loras", "parent_image_id", "tags", "favourite", "board_ids", "infotext", "sha256", "size_bytes", "params")
+    __slots__ = ("id", "owner", "created_at", "request_id", "width", "height", "prompt", "negative_prompt", "seed", "sampler", "steps", "cfg_scale", "model", "model_hash", "vae", "loras", "parent_image_id", "tags", "favourite", "board_ids", "infotext", "sha256", "size_bytes", "generation")
     ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -47,7 +48,7 @@ class Image(_message.Message):
     INFOTEXT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     owner: str
     created_at: _timestamp_pb2.Timestamp
@@ -71,26 +72,26 @@ class Image(_message.Message):
     infotext: str
     sha256: str
     size_bytes: int
-    params: _common_pb2.GenerationParams
-    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., sampler: _Optional[str] = ..., steps: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., model: _Optional[str] = ..., model_hash: _Optional[str] = ..., vae: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[_common_pb2.LoraRef, _Mapping]]] = ..., parent_image_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., favourite: _Optional[bool] = ..., board_ids: _Optional[_Iterable[str]] = ..., infotext: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ...) -> None: ...
+    generation: _generator_pb2.GenerateRequest
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., sampler: _Optional[str] = ..., steps: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., model: _Optional[str] = ..., model_hash: _Optional[str] = ..., vae: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[_common_pb2.LoraRef, _Mapping]]] = ..., parent_image_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., favourite: _Optional[bool] = ..., board_ids: _Optional[_Iterable[str]] = ..., infotext: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., generation: _Optional[_Union[_generator_pb2.GenerateRequest, _Mapping]] = ...) -> None: ...
 
 class CreateImageRequest(_message.Message):
-    __slots__ = ("owner", "request_id", "png", "params", "model_hash", "parent_image_id", "tags")
+    __slots__ = ("owner", "request_id", "png", "generation", "model_hash", "parent_image_id", "tags")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
-    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
     PARENT_IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     owner: str
     request_id: str
     png: bytes
-    params: _common_pb2.GenerationParams
+    generation: _generator_pb2.GenerateRequest
     model_hash: str
     parent_image_id: str
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, owner: _Optional[str] = ..., request_id: _Optional[str] = ..., png: _Optional[bytes] = ..., params: _Optional[_Union[_common_pb2.GenerationParams, _Mapping]] = ..., model_hash: _Optional[str] = ..., parent_image_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, owner: _Optional[str] = ..., request_id: _Optional[str] = ..., png: _Optional[bytes] = ..., generation: _Optional[_Union[_generator_pb2.GenerateRequest, _Mapping]] = ..., model_hash: _Optional[str] = ..., parent_image_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("owner", "image_id")
