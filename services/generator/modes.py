@@ -121,6 +121,8 @@ class Sampling:
     deep_cache_interval: int = 0
     """DeepCache: every Nth U-Net pass runs whole, the passes between reuse its deep features
     (`deep_cache`); 0 or 1 is off."""
+    eta_noise_seed_delta: int = 0
+    """A1111's ENSD: step noise from seed + delta instead of the seed's own stream."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -227,16 +229,20 @@ def _slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return from_low * low + to_high * high
 
 
-def _step_generators(seeds: Sequence[int], shape: tuple[int, ...]) -> list[torch.Generator]:
+def _step_generators(
+    seeds: Sequence[int], shape: tuple[int, ...], delta: int = 0
+) -> list[torch.Generator]:
     """CPU generators for samplers that draw noise every step (ancestral, SDE, DDIM eta > 0).
 
     Each continues its seed's stream after the initial noise, as A1111's `ImageRNG` does, so the
-    step noise is reproducible on any device and independent of the batch.
+    step noise is reproducible on any device and independent of the batch. With an ENSD
+    `delta`, each is a fresh stream of seed + delta, as A1111 seeds its sampler noise then.
     """
     generators = []
     for seed in seeds:
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        torch.randn(shape, generator=generator)
+        generator = torch.Generator("cpu").manual_seed(int(seed) + delta)
+        if not delta:
+            torch.randn(shape, generator=generator)
         generators.append(generator)
     return generators
 
@@ -381,7 +387,7 @@ def _step_kwargs(
     if s.eta is not None and "eta" in accepted:
         kwargs["eta"] = s.eta
     if "generator" in accepted:
-        kwargs["generator"] = _step_generators(s.seeds, shape)
+        kwargs["generator"] = _step_generators(s.seeds, shape, s.eta_noise_seed_delta)
     return kwargs
 
 

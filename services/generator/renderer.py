@@ -249,6 +249,7 @@ class Renderer:
                 else None
             ),
             deep_cache_interval=s.deep_cache_interval,
+            eta_noise_seed_delta=s.eta_noise_seed_delta,
         )
 
     def _run_mode(

@@ -79,6 +79,7 @@ EVERYTHING = {
     "eta": 0.6,
     "tiling": True,
     "deep_cache_interval": 2,
+    "eta_noise_seed_delta": 31337,
     "hires": {
         "scale": 1.5,
         "upscaler": "Latent",
@@ -115,7 +116,8 @@ def test_an_image_with_every_setting_is_made_again_from_its_params(
         assert params[name] == EVERYTHING[name], name
     for name in ("width", "height", "seed", "subseed", "clip_skip", "tiling"):
         assert params[name] == EVERYTHING[name], name
-    assert params["deep_cache_interval"] == 2
+    assert params["deep_cache_interval"] == 2 and params["eta_noise_seed_delta"] == 31337
+    assert parse_infotext(stored["infotext"]).params["ENSD"] == "31337"
     assert params["subseed_strength"] == pytest.approx(0.3)
     assert params["eta"] == pytest.approx(0.6)
     loras = {lora["name"]: lora for lora in params["loras"]}

@@ -164,6 +164,24 @@ def test_txt2img_same_seed_same_image(pipe: StableDiffusionPipeline, make: Calla
     assert _mad(first[0], other[0]) > 1
 
 
+def test_ensd_moves_only_the_step_noise(pipe: StableDiffusionPipeline, make: Callable) -> None:
+    """A1111's ENSD seeds the noise samplers draw at each step (seed + delta): an ancestral
+    sampler's picture changes, reproducibly; a sampler that draws none keeps its picture."""
+    ancestral = EulerAncestralDiscreteScheduler
+    plain = modes.txt2img(pipe, make([5], sampler=ancestral), SIZE, SIZE)[0]
+    moved = modes.txt2img(
+        pipe, make([5], sampler=ancestral, eta_noise_seed_delta=31337), SIZE, SIZE
+    )
+    again = modes.txt2img(
+        pipe, make([5], sampler=ancestral, eta_noise_seed_delta=31337), SIZE, SIZE
+    )
+    assert _mad(plain, moved[0]) > 1
+    assert np.array_equal(_array(moved[0]), _array(again[0]))
+    euler = modes.txt2img(pipe, make([5]), SIZE, SIZE)[0]
+    euler_ensd = modes.txt2img(pipe, make([5], eta_noise_seed_delta=31337), SIZE, SIZE)[0]
+    assert np.array_equal(_array(euler), _array(euler_ensd))
+
+
 def test_txt2img_batch_image_equals_its_seed_alone(
     pipe: StableDiffusionPipeline, make: Callable
 ) -> None:

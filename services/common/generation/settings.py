@@ -133,6 +133,14 @@ class Settings(Model):
         "deep features (about 2× faster at 3 on SD 1.5; the image changes slightly). 0/1: off.",
         json_schema_extra=infotext("DeepCache interval"),
     )
+    eta_noise_seed_delta: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="A1111's ENSD: each step's sampler noise is drawn from seed + this "
+        "(ancestral and SDE samplers, DDIM with eta); 0: the seed's own stream.",
+        json_schema_extra=infotext("ENSD"),
+    )
 
     @property
     def image_count(self) -> int:

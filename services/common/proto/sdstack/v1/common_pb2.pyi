@@ -101,7 +101,7 @@ class SamplerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "model", "vae", "loras", "sampler", "schedule_type", "steps", "cfg_scale", "width", "height", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "clip_skip", "eta", "tiling", "deep_cache_interval")
+    __slots__ = ("prompt", "negative_prompt", "model", "vae", "loras", "sampler", "schedule_type", "steps", "cfg_scale", "width", "height", "seed", "subseed", "subseed_strength", "batch_size", "n_iter", "clip_skip", "eta", "tiling", "deep_cache_interval", "eta_noise_seed_delta")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class GenerationParams(_message.Message):
     ETA_FIELD_NUMBER: _ClassVar[int]
     TILING_FIELD_NUMBER: _ClassVar[int]
     DEEP_CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_NOISE_SEED_DELTA_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     model: str
@@ -142,7 +143,8 @@ class GenerationParams(_message.Message):
     eta: float
     tiling: bool
     deep_cache_interval: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., vae: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ..., sampler: _Optional[str] = ..., schedule_type: _Optional[str] = ..., steps: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., subseed: _Optional[int] = ..., subseed_strength: _Optional[float] = ..., batch_size: _Optional[int] = ..., n_iter: _Optional[int] = ..., clip_skip: _Optional[int] = ..., eta: _Optional[float] = ..., tiling: _Optional[bool] = ..., deep_cache_interval: _Optional[int] = ...) -> None: ...
+    eta_noise_seed_delta: int
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., model: _Optional[str] = ..., vae: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[LoraRef, _Mapping]]] = ..., sampler: _Optional[str] = ..., schedule_type: _Optional[str] = ..., steps: _Optional[int] = ..., cfg_scale: _Optional[float] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., seed: _Optional[int] = ..., subseed: _Optional[int] = ..., subseed_strength: _Optional[float] = ..., batch_size: _Optional[int] = ..., n_iter: _Optional[int] = ..., clip_skip: _Optional[int] = ..., eta: _Optional[float] = ..., tiling: _Optional[bool] = ..., deep_cache_interval: _Optional[int] = ..., eta_noise_seed_delta: _Optional[int] = ...) -> None: ...
 
 class GeneratedImage(_message.Message):
     __slots__ = ("png", "seed", "subseed", "subseed_strength", "width", "height", "infotext", "index", "params", "model_sha256", "vae_sha256")
