@@ -292,9 +292,16 @@ def test_lora_hashes_are_a1111s_and_survive_new_metadata(
         assert info.short_hash == expected
     store = running_stack.object_store()
     store.put_file(LORAS_BUCKET, "fig-foreign.safetensors", foreign)  # behind its back
+    other = tmp_path / "dune-foreign.safetensors"
+    save_file(load_file(make_kohya_lora(tiny_pipe, tmp_path / "dune.safetensors", seed=6)), other)
+    store.put_file(LORAS_BUCKET, "dune-foreign.safetensors", other)
     try:
         listed = {m.name: m.short_hash for m in generator.list_models(lora).models}
         assert {name: listed[name] for name in files} == dict.fromkeys(files, expected)
+        # Two foreign files (no recorded sha256) each list their own header metadata.
+        metadata = {m.name: m.metadata for m in generator.list_models(lora).models}
+        assert metadata["fig-foreign"]["modelspec.title"] == "Figs"
+        assert "modelspec.title" not in metadata["dune-foreign"]
         prompt = "a pavilion <lora:fig-style:0.4> <lora:fig-resaved:0.3> <lora:fig-foreign:0.3>"
         (image,) = _run(generator, params={"prompt": prompt})
         written = parse_lora_hashes(parse_infotext(image.infotext).params["Lora hashes"])
@@ -303,7 +310,7 @@ def test_lora_hashes_are_a1111s_and_survive_new_metadata(
             (name, expected) for name in files
         ]
     finally:
-        for name in files:
+        for name in [*files, "dune-foreign"]:
             generator.stub.DeleteModel(generator_pb2.DeleteModelRequest(name=name, kind=lora))
         store.close()
 

@@ -50,6 +50,7 @@ from pathlib import Path
 
 from services.common.archives import extract_zip, safe_member_path
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.generation.settings import NAME_PATTERN
 from services.common.object_store import LORAS_BUCKET, MODELS_BUCKET, ObjectInfo, ObjectStore
 from services.common.proto.sdstack.v1 import common_pb2
 
@@ -92,7 +93,7 @@ FOLDER_SHA256_META = "folder-sha256"
 """User metadata of a diffusers manifest: the folder's sha256 (64 hex)."""
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CHUNK_BYTES = 8 << 20
-_NAME = re.compile(r"^[A-Za-z0-9_()+\-][A-Za-z0-9 _.()+\-]{0,127}$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -146,20 +147,21 @@ class ModelRegistry:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._metadata: dict[str, dict[str, str]] = {}
+        self._metadata: dict[tuple[str, str, str, int], dict[str, str]] = {}
         self._hashed: dict[tuple[str, str, str], str] = {}
         """Hashes computed from the store for objects that do not carry them, by
         (bucket, key, ETag): each is read once per process."""
 
     def file_metadata(self, model: StoredModel) -> dict[str, str]:
         """The `__metadata__` of a stored `.safetensors` file (kohya's `ss_*` for LoRAs),
-        read with two ranged GETs and remembered by sha256; {} when it has none or cannot
-        be read."""
+        read with two ranged GETs and remembered by object and content (a file another tool
+        put in the bucket has no recorded sha256); {} when it has none or cannot be read."""
         if model.format != "safetensors":
             return {}
-        if model.sha256 not in self._metadata:
-            self._metadata[model.sha256] = self._read_metadata(model)
-        return self._metadata[model.sha256]
+        key = (model.bucket, model.key, model.sha256, model.size_bytes)
+        if key not in self._metadata:
+            self._metadata[key] = self._read_metadata(model)
+        return self._metadata[key]
 
     def _read_metadata(self, model: StoredModel) -> dict[str, str]:
         prefix = self.store.get_range(model.bucket, model.key, 0, 8)
