@@ -59,6 +59,7 @@ from gateway.errors import ERROR_RESPONSES
 from gateway.generation import Generations, Run, check_image, decode_base64
 from services.common.errors import InvalidArgument, NotFound, SdstackError
 from services.common.generation import PREVIEW_METHODS
+from services.common.generation.settings import MAX_CLIP_SKIP, MAX_STEPS
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.request_context import current_request_id
 
@@ -237,8 +238,8 @@ def set_options(body: dict[str, Any], request: Request, clients: Clients, who: O
     options = _options(request, who)
     clip_skip = body.get("CLIP_stop_at_last_layers", options.clip_skip)
     every = body.get("show_progress_every_n_steps", options.preview_every)
-    _check_int(clip_skip, "CLIP_stop_at_last_layers", 1, 12)
-    _check_int(every, "show_progress_every_n_steps", -1, 150)
+    _check_int(clip_skip, "CLIP_stop_at_last_layers", 1, MAX_CLIP_SKIP)
+    _check_int(every, "show_progress_every_n_steps", -1, MAX_STEPS)
     method = body.get("show_progress_type", options.preview_method)
     if method not in PREVIEW_METHODS:
         raise InvalidArgument("show_progress_type", f"must be one of {', '.join(PREVIEW_METHODS)}")

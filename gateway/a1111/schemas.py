@@ -28,6 +28,7 @@ from services.common.generation.tasks import (
     MAX_HIRES_SIZE,
     MAX_MASK_BLUR,
     MAX_ONLY_MASKED_PADDING,
+    MAX_UPSCALE,
 )
 
 MAX_BASE64_CHARS = (32 * 1024 * 1024 + 2) // 3 * 4 + 256
@@ -116,7 +117,7 @@ class ExtrasSingleImageRequest(Lenient):
     gfpgan_visibility: float = Field(0, ge=0, le=1)
     codeformer_visibility: float = Field(0, ge=0, le=1)
     codeformer_weight: float = Field(0, ge=0, le=1)
-    upscaling_resize: float = Field(2.0, ge=1, le=8, allow_inf_nan=False)
+    upscaling_resize: float = Field(2.0, ge=1, le=MAX_UPSCALE, allow_inf_nan=False)
     upscaling_resize_w: int = Field(512, ge=1, le=8192)
     upscaling_resize_h: int = Field(512, ge=1, le=8192)
     upscaling_crop: bool = True

@@ -21,6 +21,8 @@ from gateway.generation import GenerationOrder, Run, image_from_base64
 from services.common.errors import InvalidArgument, NotFound
 from services.common.generation import PREVIEW_METHODS, GenerationRequest
 from services.common.generation.request import renamed, validated
+from services.common.generation.settings import MAX_CLIP_SKIP
+from services.common.generation.tasks import MAX_UPSCALE
 from services.common.infotext import parse_infotext
 from services.common.proto.sdstack.v1 import common_pb2
 
@@ -117,9 +119,10 @@ def resolve_settings(body: Txt2ImgRequest, options: UserOptions, models: ModelLi
             raise NotFound("VAE", vae)
         vae = found.name
     clip_skip = overrides.get("CLIP_stop_at_last_layers", options.clip_skip)
-    if not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
+    if not isinstance(clip_skip, int) or not 1 <= clip_skip <= MAX_CLIP_SKIP:
         raise InvalidArgument(
-            "override_settings.CLIP_stop_at_last_layers", "must be an integer from 1 to 12"
+            "override_settings.CLIP_stop_at_last_layers",
+            f"must be an integer from 1 to {MAX_CLIP_SKIP}",
         )
     return Resolved(model, "" if vae in NO_VAE else vae, clip_skip)
 
@@ -253,8 +256,9 @@ def extras_order(
         with Image.open(io.BytesIO(image.data)) as probe:
             width, height = probe.size
         scale = max(body.upscaling_resize_w / width, body.upscaling_resize_h / height)
-        if not 1 <= scale <= 8:
-            raise InvalidArgument("upscaling_resize_w", "the target must be 1 to 8 times the image")
+        if not 1 <= scale <= MAX_UPSCALE:
+            rule = f"the target must be 1 to {MAX_UPSCALE:g} times the image"
+            raise InvalidArgument("upscaling_resize_w", rule)
     upscaler = body.upscaler_1 if body.upscaler_1 not in ("", "None") else "Lanczos"
     task = {"mode": "upscale", "image": image, "upscale": {"upscaler": upscaler, "scale": scale}}
     try:
