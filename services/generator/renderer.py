@@ -2,7 +2,7 @@
 
 The recipe, in order: the checkpoint's pipeline (from the cache) → the job's LoRAs as peft
 adapters (switched, never reloaded) → the VAE → A1111-weighted prompt embeddings → the
-mode's sampling (`modes.py`), batch by batch → the infotext and the PNG of each image.
+mode's recipe (`modes`), batch by batch → the infotext and the PNG of each image.
 """
 
 from __future__ import annotations

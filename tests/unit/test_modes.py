@@ -59,7 +59,7 @@ def pipe(tiny_model_files: Any) -> StableDiffusionPipeline:
     )
     loaded.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        latents = loaded.vae.encode(modes._pixels(_gradient())).latent_dist.mode()
+        latents = loaded.vae.encode(modes.vae.pixel_tensor(_gradient())).latent_dist.mode()
     loaded.vae.register_to_config(scaling_factor=1.0 / latents.std().item())
     return loaded
 
@@ -113,7 +113,7 @@ def _mad(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:
 
 
 def _roundtrip(pipe: StableDiffusionPipeline, image: Image.Image) -> Image.Image:
-    return modes._decode(pipe, modes._encode(pipe, image))[0]
+    return modes.vae.decode(pipe, modes.vae.encode(pipe, image))[0]
 
 
 # --- initial noise -------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def test_img2img_noise_is_the_seeds_noise_as_in_diffusers(
     expected = reference(
         prompt_embeds=embeds[0],
         negative_prompt_embeds=embeds[1],
-        image=modes._encode(pipe, source),
+        image=modes.vae.encode(pipe, source),
         strength=0.6,
         num_inference_steps=10,
         guidance_scale=7.0,
@@ -602,20 +602,21 @@ def test_one_tile_is_img2img_with_the_first_seed(
 def test_tile_weights_fade_out_at_every_inner_edge() -> None:
     """No seams: a tile's weight falls to ~0 at each edge that lies inside the image."""
     for length, tile, overlap in [(192, 128, 32), (500, 128, 64), (1000, 512, 64), (200, 64, 8)]:
-        starts = modes._tile_starts(length, tile, overlap)
+        starts = modes.upscale._tile_starts(length, tile, overlap)
         assert starts[0] == 0 and starts[-1] == length - tile
         assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
         total = np.zeros(length)
         for index, start in enumerate(starts):
-            weight = modes._ramp(starts, index, tile)
+            weight = modes.upscale._ramp(starts, index, tile)
             total[start : start + tile] += weight
             if index > 0:
                 assert weight[0] <= 0.5 / overlap
             if index + 1 < len(starts):
                 assert weight[-1] <= 0.5 / overlap
         assert total.min() > 0.5
-    two = modes._tile_starts(192, 128, 32)
-    assert np.allclose(modes._ramp(two, 0, 128)[64:] + modes._ramp(two, 1, 128)[:64], 1.0)
+    two = modes.upscale._tile_starts(192, 128, 32)
+    overlap = modes.upscale._ramp(two, 0, 128)[64:] + modes.upscale._ramp(two, 1, 128)[:64]
+    assert np.allclose(overlap, 1.0)
 
 
 def test_upscale_then_refine(pipe: StableDiffusionPipeline, make: Callable) -> None:
