@@ -2,14 +2,15 @@
 
 The recipe, in order: the checkpoint's pipeline (from the cache) → the job's LoRAs as peft
 adapters (switched, never reloaded) → the VAE → A1111-weighted prompt embeddings → the
-mode's recipe (`modes`), batch by batch → the infotext and the PNG of each image.
+mode's recipe (`modes`), batch by batch → the infotext and the PNG of each image. A pixel
+upscale (an upscale without tiled refine) samples nothing, so it loads no checkpoint.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,7 +31,7 @@ from services.common.generation import (
     Variation,
 )
 from services.common.generation.infotext import labelled_values
-from services.common.generation.tasks import LATENT_UPSCALER, denoising_strength
+from services.common.generation.tasks import denoising_strength
 from services.common.infotext import format_infotext, format_lora_hashes, png_with_infotext
 from services.common.proto.sdstack.v1 import common_pb2
 from services.common.sd.model_registry import ModelRegistry, StoredModel
@@ -43,11 +44,16 @@ from services.generator.samplers import make_scheduler, resolve_sampler
 from services.generator.seamless import set_seamless
 from services.generator.step_batching import JobTurn
 from services.generator.taesd import load_decoder, taesd_preview
-from services.generator.upscalers import Upscaler, lanczos, load_upscaler, resize_to
+from services.generator.upscalers import Upscaler, lanczos, load_upscaler, nearest, resize_to
 from services.generator.vaes import bound_memory, load_vae
 
 VERSION = "sdstack 0.1.0"
-BUILTIN_UPSCALERS = ("Lanczos",)
+ScaleUpscaler = Callable[[Image.Image, float], Image.Image]
+"""image × scale → the upscaled image (a `modes.PixelUpscaler` takes the size instead)."""
+PIXEL_UPSCALERS: dict[str, ScaleUpscaler] = {"Lanczos": lanczos, "Nearest": nearest}
+"""The built-in pixel upscalers; the others are ESRGAN-family files in the store."""
+BUILTIN_UPSCALERS = (*PIXEL_UPSCALERS, *modes.LATENT_UPSCALERS)
+"""Every built-in upscaler's name: pixel ones, then the latent ones (hi-res fix only)."""
 
 StepCallback = Callable[[int, int], None]
 """Called after every denoising step with (steps done in the job, steps in the job)."""
@@ -95,9 +101,33 @@ class Renderer:
         on_preview: PreviewCallback | None = None,
         turn: JobTurn | None = None,
     ) -> list[RenderedImage]:
-        """The job's images. With a `turn`, its U-Net passes are shared with other jobs'."""
-        settings = job.settings
+        """The job's images. With a `turn`, its U-Net passes are shared with other jobs'.
+
+        A pixel upscale needs no checkpoint: `model` is only named in its infotext, never
+        fetched or loaded (4 GB for SD 1.5)."""
         resolved = self._resolve(job)
+        pixel_upscale = _pixel_upscale(job.task)
+        made = (
+            self._sampled(job, model, resolved, on_step, on_preview, turn)
+            if pixel_upscale is None
+            else self._pixel_upscaled(job, pixel_upscale)
+        )
+        return [
+            _rendered(job, image, seed, subseed, model, resolved, index)
+            for index, (image, seed, subseed) in enumerate(made)
+        ]
+
+    def _sampled(
+        self,
+        job: GenerationJob,
+        model: StoredModel,
+        resolved: _Resolved,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None,
+        turn: JobTurn | None,
+    ) -> Iterator[tuple[Image.Image, int, int]]:
+        """Each image with its seed and variation seed, batch by batch, on the checkpoint."""
+        settings = job.settings
         base = self.cache.pipeline(model)
         loras = self._lora_plan(model, resolved)
         loras.activate()
@@ -105,37 +135,29 @@ class Renderer:
         seamless = self._seamless_setter(pipe, settings.tiling)
         seamless()
         counter = _StepCounter(job.total_steps, on_step)
-        images: list[RenderedImage] = []
         whole_job = self._sampling(pipe, job, counter, on_preview)
         if turn is not None:
             turn.loras, turn.seamless = loras, settings.tiling
             turn.on_resume = seamless
             whole_job = replace(whole_job, run_unet=turn.run_unet)
-        upscale = isinstance(job.task, Upscale)
-        for batch in range(1 if upscale else settings.n_iter):
+        for batch in range(1 if isinstance(job.task, Upscale) else settings.n_iter):
             sampling = _batch(whole_job, job, batch)
-            for image, seed, subseed in zip(
+            yield from zip(
                 self._run_mode(pipe, job, sampling, loras),
                 sampling.seeds,
                 sampling.subseeds or sampling.seeds,
                 strict=False,
-            ):
-                text = infotext_for(job, seed, subseed, model, resolved)
-                images.append(
-                    RenderedImage(
-                        png=png_with_infotext(image, text),
-                        seed=seed,
-                        subseed=subseed,
-                        subseed_strength=settings.subseed_strength,
-                        width=image.width,
-                        height=image.height,
-                        infotext=text,
-                        index=len(images),
-                        vae=resolved.vae,
-                        loras=tuple(resolved.loras),
-                    )
-                )
-        return images
+            )
+
+    def _pixel_upscaled(
+        self, job: GenerationJob, options: UpscaleOptions
+    ) -> list[tuple[Image.Image, int, int]]:
+        """The one image of a pixel upscale, with the seeds its infotext names."""
+        if job.source is None:
+            raise InvalidArgument("mode", "the images of this mode are missing")
+        image = self.pixel_upscaler(options.upscaler, "upscale.upscaler")(job.source, options.scale)
+        seed = job.seeds()[0]
+        return [(image, seed, job.subseeds()[0] if job.settings.subseed_strength else seed)]
 
     def _resolve(self, job: GenerationJob) -> _Resolved:
         loras = []
@@ -288,6 +310,8 @@ class Renderer:
                 invert=o.invert_mask,
                 width=width,
                 height=height,
+                resize_mode=task.img2img.resize_mode,
+                initial_noise_multiplier=task.img2img.initial_noise_multiplier,
             )
         if isinstance(task, Variation) and job.source is not None:
             return modes.variation(pipe, s, job.source, strength=task.variation.strength)
@@ -318,8 +342,8 @@ class Renderer:
                 prompt, negative, second.steps, p.clip_skip
             )
             second = replace(second, prompt_embeds=cond, negative_embeds=uncond)
-        upscaler: str | Callable[[Image.Image, int, int], Image.Image] = LATENT_UPSCALER
-        if hires.upscaler != LATENT_UPSCALER:
+        upscaler: str | modes.PixelUpscaler = hires.upscaler
+        if hires.upscaler not in modes.LATENT_UPSCALERS:
             pixels = self.pixel_upscaler(hires.upscaler, "hires.upscaler")
             upscaler = lambda image, w, h: resize_to(pixels(image, w / image.width), w, h)  # noqa: E731
         return modes.hires_fix(
@@ -342,22 +366,25 @@ class Renderer:
         image: Image.Image,
         s: modes.Sampling,
     ) -> Image.Image:
-        upscaled = self.pixel_upscaler(options.upscaler, "upscale.upscaler")(image, options.scale)
-        if not options.tiled_refine:
-            return upscaled
-        return modes.tiled_refine(
+        """SD upscale: the pixel upscaler, then tiled refine (a pixel upscale alone never
+        gets here: it needs no pipeline, see `render`)."""
+        return modes.upscale_then_refine(
             pipe,
             s,
-            upscaled,
+            image,
+            scale=options.scale,
+            upscaler=self.pixel_upscaler(options.upscaler, "upscale.upscaler"),
             tile=options.tile_size,
             overlap=options.tile_overlap,
             strength=options.denoising_strength,
         )
 
-    def pixel_upscaler(self, name: str, field: str) -> Callable[[Image.Image, float], Image.Image]:
-        """`Lanczos`, or an ESRGAN-family model from the store, as image × scale → image."""
-        if name in BUILTIN_UPSCALERS:
-            return lanczos
+    def pixel_upscaler(self, name: str, field: str) -> ScaleUpscaler:
+        """A built-in pixel upscaler, or an ESRGAN-family model from the store."""
+        if name in PIXEL_UPSCALERS:
+            return PIXEL_UPSCALERS[name]
+        if name in modes.LATENT_UPSCALERS:
+            raise InvalidArgument(field, f"{name!r} upscales latents: it serves hi-res fix only")
         try:
             stored = self.registry.find(common_pb2.MODEL_KIND_UPSCALER, name)
         except NotFound:
@@ -389,6 +416,39 @@ def _batch(whole_job: modes.Sampling, job: GenerationJob, batch: int) -> modes.S
     window = slice(batch * size, (batch + 1) * size)
     subseeds = list(whole_job.subseeds)[window] if whole_job.subseeds else []
     return replace(whole_job, seeds=list(whole_job.seeds)[window], subseeds=subseeds)
+
+
+def _pixel_upscale(task: object) -> UpscaleOptions | None:
+    """The options of a pixel upscale (an upscale without tiled refine), the one task that
+    samples nothing; None for the others."""
+    if isinstance(task, Upscale) and not task.upscale.tiled_refine:
+        return task.upscale
+    return None
+
+
+def _rendered(
+    job: GenerationJob,
+    image: Image.Image,
+    seed: int,
+    subseed: int,
+    model: StoredModel,
+    resolved: _Resolved,
+    index: int,
+) -> RenderedImage:
+    """The PNG of one image, its A1111 infotext inside."""
+    text = infotext_for(job, seed, subseed, model, resolved)
+    return RenderedImage(
+        png=png_with_infotext(image, text),
+        seed=seed,
+        subseed=subseed,
+        subseed_strength=job.settings.subseed_strength,
+        width=image.width,
+        height=image.height,
+        infotext=text,
+        index=index,
+        vae=resolved.vae,
+        loras=tuple(resolved.loras),
+    )
 
 
 class _StepCounter:

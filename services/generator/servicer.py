@@ -24,7 +24,7 @@ from services.common.sd.model_registry import (
 )
 from services.generator.engine import Engine, Event, Failed, Finished, JobHandle, Progress, Queued
 from services.generator.jobs import ImageResolver, job_from_request
-from services.generator.renderer import RenderedImage
+from services.generator.renderer import BUILTIN_UPSCALERS, RenderedImage
 from services.generator.samplers import SAMPLERS
 from services.generator.upscalers import read_native_scale
 
@@ -240,8 +240,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         models = self.registry.list([common_pb2.MODEL_KIND_UPSCALER])
         return generator_pb2.ListUpscalersResponse(
             upscalers=[
-                generator_pb2.UpscalerInfo(name="Lanczos"),
-                generator_pb2.UpscalerInfo(name="Latent"),
+                *(generator_pb2.UpscalerInfo(name=name) for name in BUILTIN_UPSCALERS),
                 *(
                     generator_pb2.UpscalerInfo(
                         name=m.name, model_name=m.name, scale=self._upscaler_scale(m)

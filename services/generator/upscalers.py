@@ -495,7 +495,7 @@ class Upscaler:
         return Image.fromarray(out.to(torch.uint8).numpy(), mode="RGB")
 
 
-# --- Lanczos ---------------------------------------------------------------------------------
+# --- Lanczos and Nearest ---------------------------------------------------------------------
 
 
 def resize_to(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -507,11 +507,19 @@ def resize_to(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def lanczos(image: Image.Image, scale: float) -> Image.Image:
     """Scale both sides by `scale` (rounded, at least 1 pixel) with Lanczos."""
+    return resize_to(image, *_scaled_size(image, scale))
+
+
+def nearest(image: Image.Image, scale: float) -> Image.Image:
+    """Scale both sides by `scale` (rounded, at least 1 pixel), each new pixel a copy of the
+    nearest old one: A1111's "Nearest", which keeps hard edges (pixel art)."""
+    return image.resize(_scaled_size(image, scale), Image.Resampling.NEAREST)
+
+
+def _scaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
     if not scale > 0:
         raise InvalidArgument("scale", "must be greater than zero")
-    width = max(1, round(image.width * scale))
-    height = max(1, round(image.height * scale))
-    return resize_to(image, width, height)
+    return max(1, round(image.width * scale)), max(1, round(image.height * scale))
 
 
 # --- test factory ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from services.generator.samplers import SAMPLERS
 from services.generator.taesd import make_taesd_file
 from services.generator.upscalers import make_esrgan_file
 from services.generator.vaes import make_vae_file
+from tests.generator_support import metric
 from tests.stack_fixtures import RunningStack
 
 pytestmark = [pytest.mark.integration]
@@ -322,20 +323,6 @@ def test_unknown_lora_is_a_clear_error(generator: GeneratorClient) -> None:
     assert "not-there" in raised.value.message
 
 
-def _metric(running_stack: RunningStack, name: str, **labels: str) -> float:
-    """The generator's counter `name`, summed over the samples with these labels."""
-    s = running_stack.settings
-    url = f"http://{s.host}:{s.generator_metrics_port}/metrics"
-    with urllib.request.urlopen(url) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
 def _assert_matches_alone(
     running_stack: RunningStack,
     batched: common_pb2.GeneratedImage,
@@ -357,7 +344,7 @@ def _assert_matches_alone(
 
 
 def _batched_jobs(running_stack: RunningStack) -> float:
-    return _metric(running_stack, "sdstack_generator_batched_jobs_total")
+    return metric(running_stack, "sdstack_generator_batched_jobs_total")
 
 
 def test_concurrent_requests_with_different_loras_share_passes_and_match_alone(
@@ -422,9 +409,9 @@ def test_deep_cache_skips_deep_passes_per_job_and_matches_alone(
         {"deep_cache_interval": 2, "steps": 6, "batch_size": 2},
         {"steps": 8},
     ]
-    shallow_before = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
+    shallow_before = metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
     together = _run_together(generator, asked)
-    shallow = _metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
+    shallow = metric(running_stack, "sdstack_generator_unet_passes_total", path="shallow")
     assert shallow - shallow_before == 6 + 3  # 9 steps every 3rd whole, 6 steps every 2nd
     first = together[0][0]
     assert first.params.deep_cache_interval == 3

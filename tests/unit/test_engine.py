@@ -188,6 +188,29 @@ def test_progress_counts_every_step(engine: Engine, models: GatedModels) -> None
     assert isinstance(events[-1], Finished)
 
 
+@pytest.mark.parametrize("upscaler", ["Lanczos", "Nearest"])
+def test_a_pixel_upscale_loads_no_checkpoint(
+    engine: Engine, models: GatedModels, upscaler: str
+) -> None:
+    """An upscale without tiled refine samples nothing, so the checkpoint's pipeline (4 GB for
+    SD 1.5) is neither fetched nor loaded for it."""
+    models.gate.set()
+    source = Image.fromarray(np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3))
+    request = generator_pb2.GenerateRequest(
+        request_id="upscale",
+        mode=generator_pb2.GENERATION_MODE_UPSCALE,
+        upscale={"image": {"data": b"decoded by the resolver"}, "upscaler": upscaler, "scale": 2},
+    )
+    job = job_from_request(request, 1 << 20, lambda _ref, _slot: source)
+    outcome = _outcome(engine.submit(job, MODEL))
+    assert isinstance(outcome, Finished)
+    assert not models.asked.is_set(), "the checkpoint's pipeline was asked for"
+    resample = getattr(Image.Resampling, upscaler.upper())
+    assert np.array_equal(
+        _pixels(outcome.images[0].png), np.asarray(source.resize((64, 48), resample)).astype(int)
+    )
+
+
 def test_reusing_a_running_request_id_is_refused(engine: Engine, models: GatedModels) -> None:
     engine.submit(_job("same"), MODEL)
     assert models.asked.wait(10)

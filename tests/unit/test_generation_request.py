@@ -100,6 +100,20 @@ def test_a_tile_overlap_of_zero_is_honoured() -> None:
     assert default.upscale.tile_overlap == 64  # type: ignore[union-attr]
 
 
+def test_inpaint_takes_img2img_resize_modes_but_the_latent_one() -> None:
+    """latent_upscale has no inpaint counterpart: refused by name, not silently ignored."""
+    request = generator_pb2.GenerateRequest(mode=generator_pb2.GENERATION_MODE_INPAINT)
+    request.img2img.init_image.data = _png()
+    request.inpaint.mask.data = _png()
+    request.img2img.resize_mode = generator_pb2.RESIZE_MODE_LATENT_UPSCALE
+    with pytest.raises(InvalidArgument) as raised:
+        job_from_request(request, MAX_PIXELS, _resolve)
+    assert [v.field for v in raised.value.violations] == ["img2img.resize_mode"]
+    request.img2img.resize_mode = generator_pb2.RESIZE_MODE_CROP_AND_RESIZE
+    task = job_from_request(request, MAX_PIXELS, _resolve).request.task
+    assert task.img2img.resize_mode == "crop_and_resize"  # type: ignore[union-attr]
+
+
 def test_settings_round_trip_through_protobuf() -> None:
     settings = Settings(
         prompt="a hall",

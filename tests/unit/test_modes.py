@@ -425,6 +425,36 @@ def test_inpaint_repaints_the_mask_and_keeps_the_rest_exactly(
     assert _mad(_array(out)[24:40, 24:40], _array(source)[24:40, 24:40]) > 10
 
 
+def test_inpaint_takes_img2img_resize_mode_and_noise_multiplier(
+    pipe: StableDiffusionPipeline, make: Callable
+) -> None:
+    """The image is fitted by the resize mode, outside the mask exactly; a lower noise
+    multiplier changes the repainted area."""
+    source = _gradient(96, 64)
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (40, 24, 56, 40))
+    size = {"width": SIZE, "height": SIZE}
+    runs = {
+        (mode, multiplier): modes.inpaint(
+            pipe,
+            make([4]),
+            source,
+            mask,
+            resize_mode=mode,
+            initial_noise_multiplier=multiplier,
+            **size,
+        )[0]
+        for mode, multiplier in (("just_resize", 1), ("crop_and_resize", 1), ("just_resize", 0.5))
+    }
+    assert len({image.tobytes() for image in runs.values()}) == 3
+    for (mode, _), out in runs.items():
+        fitted = _array(modes.resize_image(source, mode, SIZE, SIZE))
+        assert np.array_equal(_array(out)[:8], fitted[:8]), mode
+    with pytest.raises(InvalidArgument) as raised:
+        modes.inpaint(pipe, make([4]), source, mask, resize_mode="latent_upscale", **size)
+    assert raised.value.violations[0].field == "img2img.resize_mode"
+
+
 def test_inpaint_only_masked_keeps_the_outside(
     pipe: StableDiffusionPipeline, make: Callable
 ) -> None:
@@ -535,19 +565,39 @@ def test_mask_blur_per_axis_spreads_only_that_way() -> None:
 # --- hi-res fix ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def _lanczos_to(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("upscaler", [*modes.LATENT_UPSCALERS, "pixels"])
 def test_hires_fix_upscales_and_reports_both_passes(
     pipe: StableDiffusionPipeline, make: Callable, upscaler: str
 ) -> None:
+    """Every latent upscaler by name, and pixels upscaled by a callable."""
     steps: list[tuple[str, int, int]] = []
     first = make([2], on_step=lambda s, t: steps.append(("first", s, t)))
     second = make([2], steps=3, on_step=lambda s, t: steps.append(("second", s, t)))
     out = modes.hires_fix(
-        pipe, first, second, width=SIZE, height=SIZE, scale=2.0, upscaler=upscaler
+        pipe,
+        first,
+        second,
+        width=SIZE,
+        height=SIZE,
+        scale=2.0,
+        upscaler=_lanczos_to if upscaler == "pixels" else upscaler,
     )
     assert out[0].size == (2 * SIZE, 2 * SIZE)
     assert [s for s in steps if s[0] == "first"] == [("first", i, 4) for i in range(1, 5)]
     assert [s for s in steps if s[0] == "second"] == [("second", i, 3) for i in range(1, 4)]
+
+
+@pytest.mark.parametrize("upscaler", modes.LATENT_UPSCALERS)
+def test_latent_upscalers_take_bfloat16_latents(upscaler: str) -> None:
+    """The generator's CPU precision with AMX; antialiased interpolation has no bfloat16 kernel."""
+    latents = torch.randn(2, 4, 8, 8).to(torch.bfloat16)
+    mode = modes.LATENT_UPSCALERS[upscaler]
+    upscaled = modes.hires._upscale_latents(latents, mode, (128, 96))
+    assert (upscaled.shape, upscaled.dtype) == ((2, 4, 12, 16), torch.bfloat16)
 
 
 def test_hires_fix_resize_to_both_sides_crops_and_takes_a_callable(

@@ -28,6 +28,7 @@ from services.common.generation.settings import (
 from services.common.generation.tasks import (
     UPSCALE_PIXEL_FACTOR,
     ImageSource,
+    Inpaint,
     Task,
     Txt2Img,
     Upscale,
@@ -100,6 +101,9 @@ class GenerationRequest(Model):
             if w * h > max_pixels:
                 rule = f"the result must be at most {max_pixels} pixels"
                 broken.append(FieldViolation("task.hires.scale", rule))
+        if isinstance(task, Inpaint) and task.img2img.resize_mode == "latent_upscale":
+            rule = "inpaint fits the image by just_resize, crop_and_resize or resize_and_fill"
+            broken.append(FieldViolation("task.img2img.resize_mode", rule))
         if isinstance(task, Upscale) and source is not None:
             pixels = source[0] * source[1] * task.upscale.scale**2
             if pixels > UPSCALE_PIXEL_FACTOR * max_pixels:

@@ -19,13 +19,7 @@ those stages, each reading as numbered steps:
 """
 
 from services.generator.modes.checks import MAX_SIDE
-from services.generator.modes.hires import (
-    LATENT_UPSCALERS,
-    PIXEL_UPSCALERS,
-    PixelUpscaler,
-    hires_fix,
-    hires_sizes,
-)
+from services.generator.modes.hires import LATENT_UPSCALERS, PixelUpscaler, hires_fix, hires_sizes
 from services.generator.modes.images import RESIZE_MODES, blur_mask, resize_image
 from services.generator.modes.img2img import img2img
 from services.generator.modes.inpaint import INPAINT_FILLS, inpaint
@@ -41,7 +35,6 @@ __all__ = [
     "LATENT_UPSCALERS",
     "MAX_SIDE",
     "MIN_TILE",
-    "PIXEL_UPSCALERS",
     "RESIZE_MODES",
     "PixelUpscaler",
     "Sampling",

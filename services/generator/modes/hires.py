@@ -34,11 +34,10 @@ LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-"""A1111's latent upscale modes: name -> (interpolation, antialias)."""
-PIXEL_UPSCALERS: dict[str, Image.Resampling] = {
-    "Lanczos": Image.Resampling.LANCZOS,
-    "Nearest": Image.Resampling.NEAREST,
-}
+"""A1111's latent upscale modes: name -> (interpolation, antialias). Antialiasing changes
+only a downscale, and a hi-res fix scales up: bilinear's antialiased mode differs from the
+plain one by rounding alone (bicubic's uses another kernel); both are A1111's names, which
+its clients send and its infotexts record."""
 
 
 def hires_fix(
@@ -58,27 +57,27 @@ def hires_fix(
 
     The target is width×height × `scale` (rounded down to multiples of 8), or resize_x×resize_y
     (one of them 0 keeps the aspect ratio; both given: upscale to cover, then crop the centre).
-    Latent upscalers interpolate the latents; "Lanczos", "Nearest" or a callable upscale the
-    decoded pixels, which are encoded again. The second pass runs exactly `second.steps` steps.
+    A latent upscaler (a name of `LATENT_UPSCALERS`) interpolates the latents; a callable
+    upscales the decoded pixels, which are encoded again. The second pass runs exactly
+    `second.steps` steps.
     """
     # 1. Check the arguments; the size to upscale to and the size to end at.
     check_size(width, height)
     check_unit("hires.denoising_strength", denoising_strength)
     cover, target = hires_sizes(width, height, scale, resize_x, resize_y)
-    latent_mode = _latent_upscaler(upscaler)
+    _check_upscaler(upscaler)
     if second.batch_size != first.batch_size:
         raise InvalidArgument("hires.seed", "the second pass needs one seed per image")
     # 2. The first pass: txt2img latents at width×height.
     latents = denoise(pipe, first, latent_shape(pipe, width, height))
     # 3. Upscale to cover the target: the latents, or the decoded pixels (encoded again).
-    if latent_mode is None:
-        pixel_upscale = _pixel_upscaler(upscaler)
-        big = [_upscale_to(pixel_upscale, image, cover) for image in decode(pipe, latents)]
+    if callable(upscaler):
+        big = [_upscale_to(upscaler, image, cover) for image in decode(pipe, latents)]
         if denoising_strength == 0:
             return [center_crop(image, target) for image in big]
         upscaled = torch.cat([encode(pipe, image) for image in big])
     else:
-        upscaled = _upscale_latents(latents, latent_mode, cover)
+        upscaled = _upscale_latents(latents, LATENT_UPSCALERS[upscaler], cover)
     # 4. Crop the centre to the target size; strength 0 ends here.
     upscaled = _center_crop_latents(upscaled, target)
     if denoising_strength == 0:
@@ -122,29 +121,22 @@ def _checked_hires(
     return cover, target
 
 
-def _latent_upscaler(upscaler: str | PixelUpscaler) -> tuple[str, bool] | None:
-    if callable(upscaler):
-        return None
-    if upscaler in LATENT_UPSCALERS:
-        return LATENT_UPSCALERS[upscaler]
-    if upscaler in PIXEL_UPSCALERS:
-        return None
-    raise InvalidArgument("hires.upscaler", f"unknown upscaler {upscaler!r}; see ListUpscalers")
+def _check_upscaler(upscaler: str | PixelUpscaler) -> None:
+    if not callable(upscaler) and upscaler not in LATENT_UPSCALERS:
+        raise InvalidArgument("hires.upscaler", f"unknown upscaler {upscaler!r}; see ListUpscalers")
 
 
 def _upscale_latents(
     latents: torch.Tensor, mode: tuple[str, bool], size: tuple[int, int]
 ) -> torch.Tensor:
+    """The latents interpolated to `size` (pixels). The antialiased modes interpolate in
+    float32: PyTorch's CPU kernels for them take no bfloat16."""
     interpolation, antialias = mode
     latent_size = (size[1] // LATENT_FACTOR, size[0] // LATENT_FACTOR)
-    return F.interpolate(latents, size=latent_size, mode=interpolation, antialias=antialias)
-
-
-def _pixel_upscaler(upscaler: str | PixelUpscaler) -> PixelUpscaler:
-    if callable(upscaler):
-        return upscaler
-    resample = PIXEL_UPSCALERS[upscaler]
-    return lambda image, width, height: image.resize((width, height), resample)
+    if not antialias:
+        return F.interpolate(latents, size=latent_size, mode=interpolation, antialias=False)
+    wide = F.interpolate(latents.float(), size=latent_size, mode=interpolation, antialias=True)
+    return wide.to(latents.dtype)
 
 
 def _upscale_to(upscale: PixelUpscaler, image: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -7,7 +7,7 @@ input (`Start.keep`, `Start.unet_extra`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import get_args
 
 import numpy as np
@@ -72,6 +72,7 @@ def inpaint(
     width: int,
     height: int,
     resize_mode: ResizeMode = "just_resize",
+    initial_noise_multiplier: float = 1.0,
 ) -> list[Image.Image]:
     """Repaint where `mask` is white (black with `invert`), A1111 style.
 
@@ -80,11 +81,13 @@ def inpaint(
     samples that crop at width×height and pastes it back, so the output has the init image's
     size; otherwise the image is fitted to width×height by `resize_mode`. Always finishes
     with A1111's overlay: the original composited back outside the blurred mask, so pixels
-    where it is 0 are exactly the input's.
+    where it is 0 are exactly the input's. `resize_mode` is img2img's but for latent_upscale;
+    `initial_noise_multiplier` scales the noise added to the init latents, as in img2img.
     """
     # 1. Check the arguments.
     blur = mask_blur if isinstance(mask_blur, tuple) else (mask_blur, mask_blur)
     _check_inpaint(strength, blur, fill, padding, width, height, resize_mode)
+    check_range("img2img.initial_noise_multiplier", initial_noise_multiplier, 0.0, 1.5)
     # 2. The repaint mask, blurred, and the area the sampler works on: the image fitted to
     #    width×height, or the masked region's crop at width×height.
     image = to_rgb(init)
@@ -96,6 +99,7 @@ def inpaint(
     # 4. Where the masked area starts from (masked content), encoded.
     work = fill_masked(area.work_image, area.work_mask) if fill == "fill" else area.work_image
     start = _inpaint_start(pipe, s, work, area.work_mask, fill, strength)
+    start = replace(start, noise_multiplier=initial_noise_multiplier)
     assert start.latents is not None
     # 5. Denoise, keeping the unmasked latents.
     latents = denoise(pipe, s, shape_of(start.latents), start)
