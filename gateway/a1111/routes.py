@@ -349,8 +349,9 @@ def upscalers(clients: Clients) -> list[Upscaler]:
 
 
 @router.get("/latent-upscale-modes", summary="Latent upscale modes")
-def latent_upscale_modes() -> list[LatentUpscaleMode]:
-    return [LatentUpscaleMode(name="Latent")]
+def latent_upscale_modes(clients: Clients) -> list[LatentUpscaleMode]:
+    listed = clients.generator.list_upscalers()
+    return [LatentUpscaleMode(name=u.name) for u in listed if u.name.startswith("Latent")]
 
 
 @router.get("/prompt-styles", summary="Style presets as A1111 prompt styles")

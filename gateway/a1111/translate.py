@@ -83,8 +83,9 @@ def schedule_type(value: str | None) -> str:
 
 
 def hires_upscaler(name: str | None) -> str:
-    """A1111's latent variants are all sdstack's `Latent`; other names pass through."""
-    if not name or name == "None" or name.startswith("Latent"):
+    """A1111's hi-res upscaler: none given (or `None`) is `Latent`; names, its latent
+    variants included, pass through to the generator, which lists what it has."""
+    if not name or name == "None":
         return "Latent"
     return name
 

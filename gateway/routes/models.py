@@ -149,7 +149,9 @@ def list_samplers(clients: Clients) -> list[SamplerOut]:
     ]
 
 
-@router.get("/upscalers", summary="Upscalers: built-in (Lanczos, Latent) and model files")
+@router.get(
+    "/upscalers", summary="Upscalers: built-in (Lanczos, Nearest, the Latent modes) and model files"
+)
 def list_upscalers(clients: Clients) -> list[UpscalerOut]:
     return [
         UpscalerOut(name=u.name, model_name=u.model_name or None, scale=u.scale or None)

@@ -106,6 +106,18 @@ def test_tiling_is_written_in_the_infotext(http: httpx.Client) -> None:
     assert "Tiling: True" in json.loads(response.json()["info"])["infotexts"][0]
 
 
+def test_a1111_latent_upscale_modes_are_listed_and_used_by_name(http: httpx.Client) -> None:
+    """A1111 lists its latent hi-res upscalers by name; each listed one is accepted."""
+    modes = [mode["name"] for mode in http.get("/sdapi/v1/latent-upscale-modes").json()]
+    assert {"Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (nearest)"} <= set(modes)
+    body = {**TXT2IMG, "batch_size": 1, "enable_hr": True, "hr_scale": 1.5}
+    response = http.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "Latent (bicubic)"})
+    assert response.status_code == 200, response.text
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert "Hires upscaler: Latent (bicubic)" in infotext
+    assert _decode(response.json()["images"][0]).size == (96, 96)
+
+
 def test_img2img_with_a_mask_inpaints(http: httpx.Client, txt2img: dict) -> None:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))

@@ -104,7 +104,8 @@ def test_a1111_scheduler_and_upscaler_names() -> None:
     assert schedule_type("sgm_uniform") == schedule_type("SGM Uniform") == "SGM Uniform"
     with pytest.raises(InvalidArgument):
         schedule_type("beta")
-    assert hires_upscaler("Latent (bicubic antialiased)") == "Latent"
+    assert hires_upscaler("Latent (bicubic antialiased)") == "Latent (bicubic antialiased)"
+    assert hires_upscaler(None) == hires_upscaler("None") == "Latent"
     assert hires_upscaler("4x-UltraSharp") == "4x-UltraSharp"
 
 
