@@ -263,15 +263,13 @@ class Renderer:
             seeds=job.seeds(),
             subseeds=job.subseeds() if s.subseed_strength else [],
             subseed_strength=s.subseed_strength,
-            eta=s.eta,
             on_step=counter.step,
             on_latents=(
                 _preview_hook(preview, self._preview_maker(pipe, job), on_preview)
                 if preview is not None and on_preview is not None
                 else None
             ),
-            deep_cache_interval=s.deep_cache_interval,
-            eta_noise_seed_delta=s.eta_noise_seed_delta,
+            settings=s,
         )
 
     def _run_mode(

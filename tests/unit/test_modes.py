@@ -27,6 +27,7 @@ from diffusers import (
 from PIL import Image
 
 from services.common.errors import InvalidArgument
+from services.common.generation import Settings
 from services.generator import deep_cache, modes
 from services.generator.model_cache import compile_unet
 from services.generator.modes import Sampling
@@ -170,15 +171,23 @@ def test_ensd_moves_only_the_step_noise(pipe: StableDiffusionPipeline, make: Cal
     ancestral = EulerAncestralDiscreteScheduler
     plain = modes.txt2img(pipe, make([5], sampler=ancestral), SIZE, SIZE)[0]
     moved = modes.txt2img(
-        pipe, make([5], sampler=ancestral, eta_noise_seed_delta=31337), SIZE, SIZE
+        pipe,
+        make([5], sampler=ancestral, settings=Settings(eta_noise_seed_delta=31337)),
+        SIZE,
+        SIZE,
     )
     again = modes.txt2img(
-        pipe, make([5], sampler=ancestral, eta_noise_seed_delta=31337), SIZE, SIZE
+        pipe,
+        make([5], sampler=ancestral, settings=Settings(eta_noise_seed_delta=31337)),
+        SIZE,
+        SIZE,
     )
     assert _mad(plain, moved[0]) > 1
     assert np.array_equal(_array(moved[0]), _array(again[0]))
     euler = modes.txt2img(pipe, make([5]), SIZE, SIZE)[0]
-    euler_ensd = modes.txt2img(pipe, make([5], eta_noise_seed_delta=31337), SIZE, SIZE)[0]
+    euler_ensd = modes.txt2img(
+        pipe, make([5], settings=Settings(eta_noise_seed_delta=31337)), SIZE, SIZE
+    )[0]
     assert np.array_equal(_array(euler), _array(euler_ensd))
 
 
@@ -248,20 +257,25 @@ def test_deep_cache_runs_the_whole_unet_every_nth_pass_and_stays_close(
     plain = modes.txt2img(pipe, make([5], steps=8), SIZE, SIZE)[0]
     handle = pipe.unet.mid_block.register_forward_hook(count)
     try:
-        cached = modes.txt2img(pipe, make([5], steps=8, deep_cache_interval=3), SIZE, SIZE)[0]
+        cached = modes.txt2img(
+            pipe, make([5], steps=8, settings=Settings(deep_cache_interval=3)), SIZE, SIZE
+        )[0]
     finally:
         handle.remove()
     assert whole_passes == 3  # passes 0, 3 and 6 of 8
     other_seed = modes.txt2img(pipe, make([6], steps=8), SIZE, SIZE)[0]
     assert 0 < _mad(cached, plain) < min(3.0, _mad(other_seed, plain) / 5)
-    off = modes.txt2img(pipe, make([5], steps=8, deep_cache_interval=1), SIZE, SIZE)[0]
+    off = modes.txt2img(
+        pipe, make([5], steps=8, settings=Settings(deep_cache_interval=1)), SIZE, SIZE
+    )[0]
     assert _mad(off, plain) == 0
 
 
 @pytest.mark.parametrize("interval", [-1, 11])
 def test_deep_cache_interval_out_of_range_is_refused(make: Callable, interval: int) -> None:
+    """The stage checks again what the request's check already refuses (built unchecked)."""
     with pytest.raises(InvalidArgument) as refused:
-        make([1], deep_cache_interval=interval)
+        make([1], settings=Settings.model_construct(deep_cache_interval=interval))
     assert refused.value.violations[0].field == "params.deep_cache_interval"
 
 

@@ -96,10 +96,10 @@ def denoise(
 
 
 def _deep_cache(pipe: StableDiffusionPipeline, s: Sampling) -> DeepCache | None:
-    if s.deep_cache_interval <= 1:
+    if s.settings.deep_cache_interval <= 1:
         return None
     check_supported(pipe.unet)
-    return DeepCache(s.deep_cache_interval)
+    return DeepCache(s.settings.deep_cache_interval)
 
 
 def _timesteps(
@@ -189,10 +189,10 @@ def _step_kwargs(
 ) -> dict[str, Any]:
     accepted = inspect.signature(scheduler.step).parameters
     kwargs: dict[str, Any] = {}
-    if s.eta is not None and "eta" in accepted:
-        kwargs["eta"] = s.eta
+    if s.settings.eta is not None and "eta" in accepted:
+        kwargs["eta"] = s.settings.eta
     if "generator" in accepted:
-        kwargs["generator"] = step_generators(s.seeds, shape, s.eta_noise_seed_delta)
+        kwargs["generator"] = step_generators(s.seeds, shape, s.settings.eta_noise_seed_delta)
     return kwargs
 
 

@@ -7,13 +7,14 @@ stream, as A1111's `ImageRNG` does."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from services.common.errors import InvalidArgument
+from services.common.generation import Settings
 from services.generator.deep_cache import check_interval
 from services.generator.modes.checks import check_subseeds, check_unit
 from services.generator.prompts import ComposedPrompt, EmbedSchedule
@@ -32,7 +33,9 @@ class Sampling:
     `on_latents` gets the batch's latents after every step, before `on_step`: the sampler's
     denoised estimate when it gives one (what A1111 previews), else the current latents.
     `run_unet` runs each U-Net pass: at once by default, or shared with other jobs' passes
-    (`step_batching`).
+    (`step_batching`). `settings` are the job's: a stage reads the knobs that are the same for
+    every pass and batch from them (eta, DeepCache, ENSD), so a new one needs no field here;
+    what a pass or batch changes (steps, seeds, conditioning, sampler) is a field of its own.
     """
 
     prompt_embeds: torch.Tensor | EmbedSchedule | ComposedPrompt
@@ -43,22 +46,17 @@ class Sampling:
     seeds: Sequence[int]
     subseeds: Sequence[int] = ()
     subseed_strength: float = 0.0
-    eta: float | None = None
     on_step: Callable[[int, int], None] = _no_progress
     on_latents: Callable[[torch.Tensor], None] | None = None
     run_unet: UnetRunner = run_unet_alone
-    deep_cache_interval: int = 0
-    """DeepCache: every Nth U-Net pass runs whole, the passes between reuse its deep features
-    (`deep_cache`); 0 or 1 is off."""
-    eta_noise_seed_delta: int = 0
-    """A1111's ENSD: step noise from seed + delta instead of the seed's own stream."""
+    settings: Settings = field(default_factory=Settings)
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise InvalidArgument("params.seed", "at least one seed is needed")
         if self.steps < 1:
             raise InvalidArgument("params.steps", "must be at least 1")
-        check_interval(self.deep_cache_interval)
+        check_interval(self.settings.deep_cache_interval)
         check_unit("params.subseed_strength", self.subseed_strength)
         check_subseeds(self.seeds, self.subseeds)
 
