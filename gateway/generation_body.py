@@ -29,12 +29,11 @@ from services.common.generation import (
 )
 from services.common.generation.request import renamed, validated
 from services.common.generation.settings import NAME_PATTERN
-from services.common.generation.tasks import Mode
+from services.common.generation.tasks import OPTION_GROUPS, Mode
 from services.common.images import MAX_IMAGE_BYTES
 
 MAX_BASE64_CHARS = (MAX_IMAGE_BYTES + 2) // 3 * 4 + 256
 MAX_TIMEOUT_SECONDS = 3600
-OPTION_GROUPS = ("img2img", "inpaint", "hires", "upscale", "variation")
 TASK_FIELDS = ("image", "mask", *OPTION_GROUPS)
 _JOB = GenerationRequest.model_fields
 

@@ -26,6 +26,7 @@ from services.common.errors import FieldViolation, InvalidArgument
 from services.common.generation.request import GenerationRequest, Preview, renamed, validated
 from services.common.generation.settings import Settings
 from services.common.generation.tasks import (
+    OPTION_GROUPS,
     TASKS,
     HiresOptions,
     ImageSource,
@@ -52,7 +53,6 @@ IMAGE_SLOTS = {
 """Where each mode's source image travels in a GenerateRequest."""
 MASK_SLOT = "inpaint.mask"
 T = TypeVar("T")
-OPTION_GROUPS = ("img2img", "inpaint", "hires", "upscale", "variation")
 
 
 # -- the walker ---------------------------------------------------------------------------
@@ -91,17 +91,21 @@ def fill(message: Message, value: BaseModel) -> None:
         if field is None or item is None:
             continue
         if field.is_repeated:
-            target = getattr(message, name)
-            for element in item:
-                fill(target.add(), element) if isinstance(element, BaseModel) else target.append(
-                    element
-                )
+            _fill_repeated(getattr(message, name), item)
         elif isinstance(item, BaseModel):
             fill(getattr(message, name), item)
         elif field.enum_type is not None:
             setattr(message, name, _write_enum(field.enum_type, item))
         else:
             setattr(message, name, item)
+
+
+def _fill_repeated(target: Any, items: list[Any]) -> None:
+    for element in items:
+        if isinstance(element, BaseModel):
+            fill(target.add(), element)
+        else:
+            target.append(element)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

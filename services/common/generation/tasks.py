@@ -157,6 +157,8 @@ TASKS: dict[str, type[Txt2Img | Img2Img | Inpaint | Upscale | Variation]] = {
     "variation": Variation,
 }
 """Each mode's task, by its name."""
+OPTION_GROUPS = ("img2img", "inpaint", "hires", "upscale", "variation")
+"""The tasks' option groups, named as on the wire."""
 
 
 def denoising_strength(task: Txt2Img | Img2Img | Inpaint | Upscale | Variation) -> float | None:
