@@ -61,7 +61,7 @@ class GenerationJob:
         return self.request.settings
 
     @property
-    def task(self) -> Txt2Img | Img2Img | Inpaint | Upscale | object:
+    def task(self) -> Txt2Img | Img2Img | Inpaint | Upscale | Variation:
         return self.request.task
 
     @property
